@@ -1,0 +1,72 @@
+"""Strict JSON reading for everything that comes over the wire.
+
+Python's `json` module quietly accepts duplicate keys (last one wins), `NaN` and `Infinity`,
+and lone surrogates; two readers of the same bytes could then disagree about what was said.
+Here any of those is an error, the bytes must be UTF-8, and numbers must be integers within
+0..2^53−1 or, for the web API only, plain integers (the protocol has no floats: RFC 8785
+§3.2.2.3 pitfalls).
+"""
+
+import json
+from typing import Any
+
+from .errors import MalformedError
+
+MAX_DEPTH = 32
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise MalformedError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise MalformedError(f"{name} is not JSON")
+
+
+def _no_float(text: str) -> Any:
+    raise MalformedError("numbers must be whole (no fractions or exponents)")
+
+
+def _check(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise MalformedError("JSON nested too deeply")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedError("text holds a lone surrogate") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**53 - 1) <= value <= 2**53 - 1:
+            raise MalformedError("number out of the interoperable range")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check(key, depth + 1)
+            _check(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check(item, depth + 1)
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """Parse JSON, refusing duplicate keys, NaN/Infinity, floats, lone surrogates, deep nesting."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedError("the body is not UTF-8") from None
+    try:
+        value = json.loads(
+            data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+            parse_float=_no_float,
+        )  # fmt: skip
+    except json.JSONDecodeError as error:
+        raise MalformedError(f"not valid JSON: {error.msg} at line {error.lineno}") from None
+    except RecursionError:
+        raise MalformedError("JSON nested too deeply") from None
+    _check(value)
+    return value

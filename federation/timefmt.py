@@ -1,0 +1,43 @@
+"""Protocol time: `YYYY-MM-DDTHH:MM:SSZ`, always UTC, whole seconds.
+
+Time comes from a `Clock` (a callable returning an aware UTC datetime) passed in by the caller,
+so tests can move it; nothing here reads the wall clock except `system_clock`.
+"""
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+Clock = Callable[[], datetime]
+
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def system_clock() -> datetime:
+    """The real time, truncated to whole seconds."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def format_time(moment: datetime) -> str:
+    """Format an aware datetime as protocol time (microseconds dropped)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse protocol time strictly; raise ValueError for anything else."""
+    if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
+        raise ValueError("not a time of the form YYYY-MM-DDTHH:MM:SSZ")
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+class FixedClock:
+    """A clock that stands still until moved: for tests and benchmarks."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start.astimezone(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)

@@ -1,0 +1,162 @@
+"""The JSON API, `/api/v1/…` (DESIGN §8): bearer tokens only, errors as `{"error": message}`."""
+
+import base64
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from federation import items as item_rules
+from federation.encoding import b64url_encode
+from federation.errors import MalformedError
+from federation.strictjson import loads_strict
+
+from .errors import ClientError, NotFound, UnsupportedMediaType
+from .node import has_role
+from .openapi import openapi_document
+from .routing import api, public
+from .store import ItemQuery
+
+LIST_LIMIT_MAX = 200
+LIST_LIMIT_DEFAULT = 50
+Q_MAX = 200
+LISTABLE_STATUSES = ("open", "promised", "fulfilled", "withdrawn")
+ORIGINS = ("local", "remote", "all")
+
+
+async def read_json(request: Request) -> object:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaType("send JSON with Content-Type: application/json")
+    try:
+        return loads_strict(await request.body())
+    except MalformedError as error:
+        raise ClientError(f"the body is not acceptable JSON: {error}") from None
+
+
+def encode_cursor(value: dict) -> str:
+    return b64url_encode(json.dumps(value, separators=(",", ":")).encode())
+
+
+def decode_cursor(text: str) -> dict:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        value = loads_strict(raw)
+    except (ValueError, MalformedError):
+        raise ClientError("cursor is not one this node gave out", field="cursor") from None
+    if not isinstance(value, dict) or not (
+        (set(value) == {"o"} and isinstance(value["o"], int) and value["o"] >= 0)
+        or (set(value) == {"a"} and isinstance(value["a"], list) and len(value["a"]) == 2
+            and isinstance(value["a"][0], str) and isinstance(value["a"][1], int))
+    ):  # fmt: skip
+        raise ClientError("cursor is not one this node gave out", field="cursor")
+    return value
+
+
+def _one_of(params, name: str, choices: tuple[str, ...]) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if value not in choices:
+        raise ClientError(f"{name} must be one of: {', '.join(choices)}", field=name)
+    return value
+
+
+def item_query(request: Request, *, limit_default: int, limit_max: int) -> ItemQuery:
+    """Build an item listing from the query string shared by the API and the browse page."""
+    params = request.query_params
+    node = request.app.state.node
+    user = request.state.user
+    status = _one_of(params, "status", LISTABLE_STATUSES)
+    statuses = (status,) if status else item_rules.LIVE_STATUSES
+    q = params.get("q", "").strip()
+    if len(q) > Q_MAX:
+        raise ClientError(f"q must be at most {Q_MAX} characters", field="q")
+    raw_limit = params.get("limit") or str(limit_default)
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= limit_max:
+        raise ClientError(f"limit must be a whole number from 1 to {limit_max}", field="limit")
+    query = ItemQuery(
+        now=node.now_text(), statuses=statuses, kind=_one_of(params, "kind", item_rules.KINDS),
+        category=_one_of(params, "category", item_rules.CATEGORIES), q=q or None,
+        origin=_one_of(params, "origin", ORIGINS) or "all", item_id=params.get("id") or None,
+        limit=int(raw_limit),
+    )  # fmt: skip
+    if user is None:
+        query.public_only = True
+    elif status in item_rules.FINAL_STATUSES and not has_role(user, "coordinator"):
+        # Ended items are their poster's history: a member lists only their own.
+        query.owner_id = user.id
+    cursor = params.get("cursor")
+    if cursor:
+        value = decode_cursor(cursor)
+        if "o" in value:
+            query.offset = value["o"]
+        else:
+            query.after = (value["a"][0], value["a"][1])
+    return query
+
+
+async def page_of_items(request: Request, query: ItemQuery):
+    """One page of items and the cursor for the next (None at the end)."""
+    node = request.app.state.node
+    wanted = query.limit
+    query.limit = wanted + 1
+    views = await node.list_items(query, request.state.user)
+    query.limit = wanted
+    next_cursor = None
+    if len(views) > wanted:
+        views = views[:wanted]
+        if query.q:
+            next_cursor = encode_cursor({"o": query.offset + wanted})
+        else:
+            last = views[-1]
+            next_cursor = encode_cursor({"a": [last.state["created"], last.row.row]})
+    return views, next_cursor
+
+
+async def list_items(request: Request) -> Response:
+    query = item_query(request, limit_default=LIST_LIMIT_DEFAULT, limit_max=LIST_LIMIT_MAX)
+    views, next_cursor = await page_of_items(request, query)
+    return JSONResponse({"items": [view.to_json() for view in views], "next": next_cursor})
+
+
+async def create_item(request: Request) -> Response:
+    node = request.app.state.node
+    view = await node.post_item(request.state.user, await read_json(request))
+    return JSONResponse(view.to_json(), status_code=201,
+                        headers={"Location": view.state["id"]})  # fmt: skip
+
+
+def _uuid(request: Request) -> str:
+    item_uuid = request.path_params["uuid"]
+    if not item_rules.UUID_RE.fullmatch(item_uuid):
+        raise NotFound("no such item")
+    return item_uuid
+
+
+async def get_item(request: Request) -> Response:
+    node = request.app.state.node
+    view = await node.item_for(_uuid(request), request.state.user)
+    if not view.row.is_local:
+        raise NotFound("no such item: only this node's own items are addressed by uuid here")
+    return JSONResponse(view.to_json())
+
+
+async def patch_item(request: Request) -> Response:
+    node = request.app.state.node
+    item_uuid = _uuid(request)
+    view = await node.change_item(request.state.user, item_uuid, await read_json(request))
+    return JSONResponse(view.to_json())
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(request.app.state.node))
+
+
+routes = [
+    api("/api/v1/items", list_items, "member", methods=("GET",), name="api_items"),
+    api("/api/v1/items", create_item, "member", methods=("POST",), name="api_create_item"),
+    api("/api/v1/items/{uuid}", get_item, "member", methods=("GET",), name="api_item"),
+    api("/api/v1/items/{uuid}", patch_item, "member", methods=("PATCH",), name="api_patch_item"),
+    public("/api/v1/openapi.json", openapi, name="openapi"),
+]

@@ -1,0 +1,220 @@
+"""The app factory: `create_app(config)` builds one node as a starlette app.
+
+The onion, outside in:
+
+    ServerErrorMiddleware   (starlette) anything unexpected → a plain 500, logged
+    SecurityHeaders         CSP, no framing, no sniffing, same-origin referrers
+    BodyLimit               413 before a body larger than its route's cap is read
+    ExceptionMiddleware     ClientError → {"error"} (API, federation) or the error page
+    Router                  AccessRoutes: who may use each is declared with the route
+
+The lifespan opens the node (store, key) and runs the background workers; nothing runs at
+import, so tests build as many nodes in one process as they like.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from federation.timefmt import Clock, system_clock
+
+from . import api, web, wellknown
+from .config import Config
+from .errors import ClientError
+from .node import Node
+from .templating import Templates
+
+log = logging.getLogger("aidnode")
+
+JSON_PREFIXES = ("/api/", "/federation/", "/.well-known/", "/healthz", "/metrics", "/nodeinfo/")
+BODY_LIMIT_API = 64 * 1024
+BODY_LIMIT_FORM = 64 * 1024
+BODY_LIMIT_FEDERATION = 1024 * 1024
+EXPIRY_INTERVAL = 60.0
+
+
+def wants_json(path: str) -> bool:
+    return path.startswith(JSON_PREFIXES)
+
+
+def body_limit_for(path: str) -> int:
+    if path.startswith("/federation/"):
+        return BODY_LIMIT_FEDERATION
+    if path.startswith("/api/"):
+        return BODY_LIMIT_API
+    return BODY_LIMIT_FORM
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over the route's cap with 413, whether or not they say their size."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = body_limit_for(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(scope, send, limit)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(scope, send, limit)
+
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
+        message = f"the request body is larger than this endpoint accepts ({limit} bytes)"
+        response = (JSONResponse({"error": message}, status_code=413) if wants_json(scope["path"])
+                    else Response(message, status_code=413, media_type="text/plain"))  # fmt: skip
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+     b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+]  # fmt: skip
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _error_response(request: Request, status: int, message: str, body: dict, headers: dict):
+    if wants_json(request.url.path):
+        return JSONResponse(body, status_code=status, headers=headers)
+    templates: Templates = request.app.state.templates
+    if not hasattr(request.state, "user"):
+        request.state.user = None
+    message = templates.gettext(request)(message)
+    response = templates.render(
+        request, "error.html", {"status": status, "message": message}, status_code=status
+    )
+    response.headers.update(headers)
+    return response
+
+
+async def client_error(request: Request, error: ClientError) -> Response:
+    return _error_response(request, error.status, error.message, error.body(), error.headers())
+
+
+async def http_error(request: Request, error: HTTPException) -> Response:
+    messages = {404: "not found", 405: "method not allowed"}
+    message = messages.get(error.status_code, str(error.detail))
+    return _error_response(request, error.status_code, message, {"error": message},
+                           dict(error.headers or {}))  # fmt: skip
+
+
+async def server_error(request: Request, error: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    if wants_json(request.url.path):
+        return JSONResponse({"error": "internal error"}, status_code=500)
+    return Response("Something went wrong on this node. It has been logged.", status_code=500,
+                    media_type="text/plain")  # fmt: skip
+
+
+async def _expire_periodically(node: Node) -> None:
+    while True:
+        try:
+            count = await node.expire_due_items()
+            if count:
+                log.info("expired %d items", count)
+        except Exception:
+            log.exception("expiry worker failed; retrying")
+        await asyncio.sleep(EXPIRY_INTERVAL)
+
+
+def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = True) -> Starlette:
+    """Build a node. `workers=False` leaves the background workers off (for tests that drive
+    them by hand with an injected clock)."""
+    node = Node(config, clock=clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.start()
+        tasks = [asyncio.create_task(_expire_periodically(node))] if workers else []
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await node.close()
+
+    static_dir = str(resources.files("templates") / "static")
+    routes = [
+        *wellknown.routes,
+        *api.routes,
+        *web.routes,
+        Mount("/static", app=StaticFiles(directory=static_dir), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit)],
+        exception_handlers={ClientError: client_error, HTTPException: http_error,
+                            Exception: server_error},
+        lifespan=lifespan,
+    )  # fmt: skip
+    app.state.node = node
+    app.state.templates = Templates()
+    return app

@@ -1,0 +1,196 @@
+"""The `aidnode` command (DESIGN §8). Every command takes `--data DIR` (default ./aidnode-data).
+
+Errors are one line on stderr and a non-zero exit, never a traceback: the CLI is how a group's
+volunteer admin meets the node first.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from federation.errors import ProtocolError
+
+from . import __version__
+from .config import DEFAULT_DATA_DIR, ConfigError, load_config
+from .errors import ClientError
+from .node import ROLES, Node, NodeExists, init_node
+from .store import StoreError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem to report on one line and exit with."""
+
+
+def _with_node(config, work: Callable[[Node], Awaitable[object]]) -> object:
+    async def run() -> object:
+        node = Node(config)
+        await node.start()
+        try:
+            return await work(node)
+        finally:
+            await node.close()
+
+    return asyncio.run(run())
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    config = init_node(Path(args.data), name=args.name, base_url=args.url, host=args.host,
+                       port=args.port)  # fmt: skip
+    try:
+        _with_node(config, lambda node: asyncio.sleep(0))  # creates and migrates the database
+    except BaseException:
+        for path in config.data_dir.glob("aidnode.db*"):
+            path.unlink()
+        raise
+    print(f"created node {config.name!r} at {config.base_url} in {config.data_dir}")
+    print(f"next: aidnode serve --data {args.data}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    config = load_config(Path(args.data), **overrides)
+    configure_logging(config.log_format)
+
+    async def announce(node: Node) -> None:
+        code = await node.first_admin_invite()
+        if code:
+            print("This node has no admin yet. Open this one-time link to become its admin:")
+            print(f"  {node.invite_url(code)}", flush=True)
+
+    _with_node(config, announce)
+    print(f"serving {config.name!r} at {config.base_url} (listening on {config.host}:{config.port})",
+          flush=True)  # fmt: skip
+    uvicorn.run(
+        create_app(config), host=config.host, port=config.port, log_config=None,
+        proxy_headers=False, server_header=False, timeout_graceful_shutdown=20,
+    )  # fmt: skip
+
+
+def cmd_create_admin(args: argparse.Namespace) -> None:
+    if not args.password_stdin:
+        raise CliError("give the password on standard input with --password-stdin")
+    password = sys.stdin.readline().rstrip("\r\n")
+    config = load_config(Path(args.data))
+
+    async def create(node: Node) -> None:
+        await node.create_user(username=args.username, display_name=args.display_name or args.username,
+                               password=password, role="admin")  # fmt: skip
+
+    _with_node(config, create)
+    print(f"created admin {args.username.strip().lower()!r}")
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.data))
+
+    async def make(node: Node) -> str:
+        user = await node.store.user_by_username(args.username.strip().lower())
+        if user is None or user.disabled:
+            raise CliError(f"no active member named {args.username!r}")
+        return await node.new_api_token(user, args.label or "cli")
+
+    token = _with_node(config, make)
+    print(f"API token for {args.username} (shown once; send it as 'Authorization: Bearer <token>'):",
+          file=sys.stderr)  # fmt: skip
+    print(token)
+
+
+def cmd_invite(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.data))
+
+    async def make(node: Node) -> str:
+        return node.invite_url(await node.new_invite(args.role, None))
+
+    link = _with_node(config, make)
+    print(f"one-time invite for a {args.role} (valid 7 days):", file=sys.stderr)
+    print(link)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}  # fmt: skip
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aidnode", description="A federated mutual-aid node.")
+    parser.add_argument("--version", action="version", version=f"aidnode {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--data", default=DEFAULT_DATA_DIR, help="the node's data directory")
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = command("init", cmd_init, "Create a node: settings, signing key and database.")
+    sub.add_argument("--name", required=True, help="the group's name")
+    sub.add_argument("--url", required=True, help="the node's public base URL, e.g. https://aid.example.org")
+    sub.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    sub.add_argument("--port", type=int, help="port to listen on (default 8000)")
+
+    sub = command("serve", cmd_serve, "Run the node.")
+    sub.add_argument("--host", help="override the configured listen address")
+    sub.add_argument("--port", type=int, help="override the configured port")
+
+    sub = command("create-admin", cmd_create_admin, "Create an admin account.")
+    sub.add_argument("--username", required=True)
+    sub.add_argument("--display-name", help="the name other members see (default: the username)")
+    sub.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+    sub = command("token", cmd_token, "Print a new API bearer token for a member.")
+    sub.add_argument("--username", required=True)
+    sub.add_argument("--label", help="a note to recognise the token by")
+
+    sub = command("invite", cmd_invite, "Print a one-time invite link.")
+    sub.add_argument("--role", choices=ROLES, default="member")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, ConfigError, NodeExists, StoreError, ProtocolError) as error:
+        print(f"aidnode {args.command}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except ClientError as error:
+        print(f"aidnode {args.command}: {error.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as error:
+        print(f"aidnode {args.command}: {error.strerror or error}: {error.filename or ''}".rstrip(": "),
+              file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""One node's state and the work it does: accounts, sessions, invites, items.
+
+The web pages, the JSON API and the CLI all call into a `Node`, so the rules (who may do what,
+what a change does) live in one place and every surface behaves the same. A `Node` owns its
+store, its signing key, its clock and its rate limiters; nothing here is global.
+"""
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from federation import items as item_rules
+from federation.errors import BaseUrlError, ValidationError
+from federation.identity import node_document, parse_base_url
+from federation.items import ItemInput, N_
+from federation.keys import NodeKey, generate_key, load_key, save_key
+from federation.timefmt import Clock, format_time, system_clock
+
+from . import __version__
+from .accounts import Passwords, RateLimiter, check_new_password, new_secret, secret_hash
+from .config import (
+    CONFIG_FILE, DATABASE_FILE, KEYS_DIR, Config, ConfigError, load_config, write_config_file,
+)  # fmt: skip
+from .errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
+from .store import ItemQuery, ItemRow, Store, User
+
+log = logging.getLogger("aidnode")
+
+ROLES = ("member", "coordinator", "admin")
+ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{1,31}")
+INVITE_DAYS = 7
+FIRST_ADMIN_INVITE_DAYS = 1
+LOGIN_FAILURES_PER_ACCOUNT = 5
+LOGIN_FAILURES_PER_ADDRESS = 20
+LOGIN_WINDOW_SECONDS = 15 * 60
+
+
+class NodeExists(Exception):
+    """`init` was asked to overwrite a node."""
+
+
+def has_role(user: User | None, role: str) -> bool:
+    return user is not None and ROLE_RANK[user.role] >= ROLE_RANK[role]
+
+
+def cookie_suffix(base_url: str) -> str:
+    """First 8 hex of sha256(base_url): cookies ignore ports, so nodes on one host differ."""
+    return hashlib.sha256(base_url.encode()).hexdigest()[:8]
+
+
+def init_node(
+    data_dir: Path, *, name: str, base_url: str, host: str | None = None,
+    port: int | None = None, environ: dict | None = None,
+) -> Config:
+    """Create a node's data directory: settings, signing key (0600) and database.
+
+    Refuses to touch a directory that already holds a node. The database is created and
+    migrated by `Node.start`, which also records the base_url the node's item ids embed.
+    """
+    data_dir = Path(data_dir)
+    if (data_dir / CONFIG_FILE).exists() or (data_dir / DATABASE_FILE).exists():
+        raise NodeExists(f"{data_dir} already holds a node; refusing to overwrite it")
+    if not name or not name.strip():
+        raise ConfigError("--name must not be empty")
+    values: dict = {"name": name.strip(), "base_url": base_url}
+    if host is not None:
+        values["host"] = host
+    env = os.environ if environ is None else environ
+    allow_private = env.get("AIDNODE_ALLOW_PRIVATE_ADDRESSES", "").lower() in ("1", "true")
+    try:
+        parse_base_url(base_url, allow_private_addresses=allow_private)
+    except BaseUrlError as error:
+        raise ConfigError(f"--url: {error}") from None
+    if port is None and urlsplit(base_url).port is not None:
+        port = urlsplit(base_url).port  # listen where the URL points, unless told otherwise
+    if port is not None:
+        values["port"] = port
+    created_dir = not data_dir.exists()
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (data_dir / KEYS_DIR).mkdir(mode=0o700)
+        save_key(generate_key("main"), data_dir / KEYS_DIR / "main.pem")
+        write_config_file(data_dir, values)
+        return load_config(data_dir, environ=env)
+    except BaseException:
+        # Leave nothing half-made behind.
+        shutil.rmtree(data_dir / KEYS_DIR, ignore_errors=True)
+        (data_dir / CONFIG_FILE).unlink(missing_ok=True)
+        if created_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+
+
+@dataclass
+class ItemView:
+    """An item as one viewer may see it, with what they may do to it."""
+
+    row: ItemRow
+    origin_name: str
+    can_edit: bool
+
+    @property
+    def state(self) -> dict:
+        return self.row.state
+
+    @property
+    def uuid(self) -> str:
+        return item_rules.uuid_of(self.row.state["id"])
+
+    def next_statuses(self) -> tuple[str, ...]:
+        return item_rules.TRANSITIONS.get(self.row.state["status"], ()) if self.can_edit else ()
+
+    def to_json(self) -> dict:
+        out = item_rules.ordered(self.row.state)
+        out["origin"] = self.row.origin
+        out["origin_name"] = self.origin_name
+        if self.can_edit:
+            if self.row.state["kind"] == "need":
+                out["escalation"] = self.row.escalation or "after_delay"
+            out["share_author"] = self.row.share_author
+        return out
+
+
+class Node:
+    """A running node. `await node.start()` before use, `await node.close()` after."""
+
+    def __init__(self, config: Config, *, clock: Clock = system_clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.store: Store | None = None
+        self.key: NodeKey | None = None
+        self.passwords = Passwords()
+        self.login_by_account = RateLimiter(LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW_SECONDS)
+        self.login_by_address = RateLimiter(LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_SECONDS)
+        self.cookie_suffix = cookie_suffix(config.base_url)
+
+    # ------------------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        self.key = load_key(self.config.keys_dir / "main.pem", "main")
+        self.store = await Store.open(self.config.database_path)
+        stored = await self.store.get_meta("base_url")
+        if stored is None:
+            await self.store.set_meta("base_url", self.config.base_url)
+        elif stored != self.config.base_url:
+            await self.close()
+            raise ConfigError(
+                f"base_url is {self.config.base_url} but this node was created as {stored}; "
+                "item ids embed it, so it cannot change (unset AIDNODE_BASE_URL)"
+            )
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def now_text(self) -> str:
+        return format_time(self.clock())
+
+    def node_document(self) -> dict:
+        return node_document(
+            base_url=self.config.base_url, name=self.config.name,
+            description=self.config.description, keys=[(self.key.name, self.key.public, None)],
+            version=__version__,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------ accounts
+
+    async def create_user(
+        self, *, username: str, display_name: str, password: str, role: str,
+        invite_code: str | None = None,
+    ) -> User:
+        """Create a member, spending an invite when one is given (both or neither happen)."""
+        username = (username or "").strip().lower()
+        if not USERNAME_RE.fullmatch(username):
+            raise Invalid(
+                N_("a username is 2–32 lowercase letters, digits, dots, dashes or underscores"),
+                field="username",
+            )
+        try:
+            display_name = item_rules.clean_text(
+                "display_name", display_name or username, max_len=item_rules.AUTHOR_MAX
+            )
+        except ValidationError as error:
+            raise Invalid(str(error), field="display_name") from None
+        problem = check_new_password(password)
+        if problem:
+            raise Invalid(problem, field="password")
+        if role not in ROLES:
+            raise Invalid(N_("unknown role"), field="role")
+        password_hash = await self.passwords.hash(password)
+        now = self.now_text()
+        async with self.store.write() as db:
+            if await self.store.username_taken(db, username):
+                raise Conflict(N_("that username is taken"), field="username")
+            user_id = await self.store.add_user(
+                db, username=username, display_name=display_name,
+                password_hash=password_hash, role=role, now=now,
+            )  # fmt: skip
+            if invite_code is not None:
+                invite_role = await self.store.use_invite(db, secret_hash(invite_code), user_id, now)
+                if invite_role is None:
+                    raise NotFound(N_("this invitation is not valid (used, revoked or expired)"))
+                await self.store.set_user_role(db, user_id, invite_role)
+                role = invite_role
+            await self.store.audit(db, now=now, actor=None, action="user.create",
+                                   target=username, detail=role)  # fmt: skip
+        return await self.store.user_by_id(user_id)
+
+    async def login(self, username: str, password: str, client: str) -> tuple[str, User]:
+        """Check a password; return a new session cookie value and the user.
+
+        Failures are counted per account and per client address; past the limit the answer
+        is 429 whether or not the password is right, so guessing cannot continue. The same
+        message answers an unknown user and a wrong password.
+        """
+        account_key = (username or "").strip().lower()
+        wait = max(self.login_by_account.retry_after(account_key),
+                   self.login_by_address.retry_after(client))  # fmt: skip
+        if wait > 0:
+            raise TooManyRequests(N_("too many failed logins: try again later"), retry_after=wait)
+        user = await self.store.user_by_username(account_key)
+        stored = await self.store.password_hash(user.id) if user else None
+        ok = await self.passwords.verify(password or "", stored)
+        if not ok or user is None or user.disabled:
+            self.login_by_account.hit(account_key)
+            self.login_by_address.hit(client)
+            raise Unauthorized(N_("wrong username or password"))
+        self.login_by_account.reset(account_key)
+        return await self.new_session(user), user
+
+    async def new_session(self, user: User) -> str:
+        token = new_secret()
+        now = self.now()
+        await self.store.add_session(
+            token_hash=secret_hash(token), user_id=user.id, csrf_token=new_secret(),
+            now=format_time(now), expires=format_time(now + timedelta(days=self.config.session_days)),
+        )  # fmt: skip
+        return token
+
+    async def session(self, token: str) -> tuple[User, str] | None:
+        return await self.store.session(secret_hash(token), self.now_text())
+
+    async def logout(self, token: str) -> None:
+        await self.store.delete_session(secret_hash(token))
+
+    async def new_api_token(self, user: User, label: str = "") -> str:
+        token = new_secret()
+        await self.store.add_api_token(
+            token_hash=secret_hash(token), user_id=user.id, label=label, now=self.now_text()
+        )
+        return token
+
+    async def user_for_api_token(self, token: str) -> User | None:
+        return await self.store.user_by_api_token(secret_hash(token))
+
+    async def new_invite(
+        self, role: str, by: User | None, *, days: int = INVITE_DAYS
+    ) -> str:
+        """Make a one-time invite code. `by` None means the node itself (CLI, first admin)."""
+        if role not in ROLES:
+            raise Invalid(N_("unknown role"), field="role")
+        if by is not None and ROLE_RANK[role] > ROLE_RANK[by.role]:
+            raise Forbidden(N_("you cannot invite someone to a higher role than your own"))
+        code = new_secret()
+        now = self.now()
+        await self.store.add_invite(
+            code_hash=secret_hash(code), role=role, created_by=by.id if by else None,
+            now=format_time(now), expires=format_time(now + timedelta(days=days)),
+        )  # fmt: skip
+        if by is not None:
+            async with self.store.write() as db:
+                await self.store.audit(db, now=format_time(now), actor=by,
+                                       action="invite.create", target=role)  # fmt: skip
+        return code
+
+    async def first_admin_invite(self) -> str | None:
+        """With no admin yet, a fresh one-time admin invite (earlier unused ones are revoked)."""
+        if await self.store.count_admins() > 0:
+            return None
+        async with self.store.write() as db:
+            await self.store.revoke_unused_invites(db, "admin")
+        return await self.new_invite("admin", None, days=FIRST_ADMIN_INVITE_DAYS)
+
+    async def invite_role(self, code: str) -> str | None:
+        row = await self.store.open_invite(secret_hash(code), self.now_text())
+        return None if row is None else row["role"]
+
+    def invite_url(self, code: str) -> str:
+        return f"{self.config.base_url}/join/{code}"
+
+    async def change_member(
+        self, actor: User, user_id: int, *, role: str | None = None, disabled: bool | None = None
+    ) -> User:
+        """An admin changes a member's role or disables them; the last admin cannot be removed."""
+        target = await self.store.user_by_id(user_id)
+        if target is None:
+            raise NotFound(N_("no such member"))
+        if role is not None and role not in ROLES:
+            raise Invalid(N_("unknown role"), field="role")
+        now = self.now_text()
+        async with self.store.write() as db:
+            losing_admin = target.role == "admin" and not target.disabled and (
+                (role is not None and role != "admin") or disabled
+            )
+            if losing_admin and await self.store.count_admins() <= 1:
+                raise Conflict(N_("the node must keep at least one admin"))
+            if role is not None and role != target.role:
+                await self.store.set_user_role(db, user_id, role)
+                await self.store.audit(db, now=now, actor=actor, action="user.role",
+                                       target=target.username, detail=role)  # fmt: skip
+            if disabled is not None and disabled != target.disabled:
+                await self.store.set_user_disabled(db, user_id, disabled)
+                await self.store.audit(db, now=now, actor=actor,
+                                       action="user.disable" if disabled else "user.enable",
+                                       target=target.username)  # fmt: skip
+        return await self.store.user_by_id(user_id)
+
+    # ------------------------------------------------------------------------ items
+
+    def _author_for(self, display_name: str, share_author: bool):
+        def author(reach: str) -> str:
+            if reach == "network" and not share_author:
+                return self.config.name[: item_rules.AUTHOR_MAX]
+            return display_name
+
+        return author
+
+    def view(self, row: ItemRow, viewer: User | None) -> ItemView:
+        can_edit = row.is_local and viewer is not None and (
+            row.owner_id == viewer.id or has_role(viewer, "coordinator")
+        )
+        origin_name = self.config.name if row.is_local else row.origin
+        return ItemView(row=row, origin_name=origin_name, can_edit=can_edit)
+
+    def local_id(self, item_uuid: str) -> str:
+        return f"{self.config.base_url}/items/{item_uuid}"
+
+    async def post_item(self, user: User, data: object) -> ItemView:
+        try:
+            inp = item_rules.parse_item_input(data, partial=False)
+            share_author = bool(inp.share_author)
+            state = item_rules.create_state(
+                inp, origin=self.config.base_url, now=self.now(),
+                author=self._author_for(user.display_name, share_author),
+            )  # fmt: skip
+        except ValidationError as error:
+            raise Invalid(str(error), field=error.field) from None
+        escalation = (inp.escalation or "after_delay") if state["kind"] == "need" else None
+        async with self.store.write() as db:
+            await self.store.write_item(
+                db, state, origin=self.config.base_url, is_local=True, owner_id=user.id,
+                escalation=escalation, share_author=share_author,
+            )  # fmt: skip
+            row = await self.store.item_in(db, state["id"])
+        return self.view(row, user)
+
+    async def change_item(self, user: User, item_uuid: str, data: object) -> ItemView:
+        """Apply a member's change to a local item, reading and writing in one transaction."""
+        try:
+            inp = item_rules.parse_item_input(data, partial=True)
+        except ValidationError as error:
+            raise Invalid(str(error), field=error.field) from None
+        async with self.store.write() as db:
+            row = await self.store.item_in(db, self.local_id(item_uuid))
+            if row is None:
+                remote = await self.store.item_by_uuid(item_uuid)
+                if remote is not None:
+                    raise Forbidden(N_("items from other groups can only be changed at their origin"))
+                raise NotFound(N_("no such item"))
+            if not self.view(row, user).can_edit:
+                raise Forbidden(N_("only the poster or a coordinator may change this item"))
+            owner = await self.store.user_by_id(row.owner_id) if row.owner_id else None
+            share_author = row.share_author if inp.share_author is None else inp.share_author
+            try:
+                state = item_rules.change_state(
+                    row.state, inp, now=self.now(),
+                    author=self._author_for(owner.display_name if owner else
+                                            row.state["author"], share_author),
+                )  # fmt: skip
+            except ValidationError as error:
+                raise Invalid(str(error), field=error.field) from None
+            escalation = row.escalation
+            if inp.escalation is not None:
+                escalation = inp.escalation
+            if state is None and escalation == row.escalation and share_author == row.share_author:
+                return self.view(row, user)
+            await self.store.write_item(
+                db, state or row.state, origin=self.config.base_url, is_local=True,
+                owner_id=row.owner_id, escalation=escalation, share_author=share_author,
+            )  # fmt: skip
+            if row.owner_id != user.id:
+                await self.store.audit(
+                    db, now=self.now_text(), actor=user, action="item.moderate",
+                    target=row.state["id"],
+                    detail=", ".join(sorted(set(inp.fields) | ({"escalation"} if inp.escalation else set()))),
+                )  # fmt: skip
+            row = await self.store.item_in(db, row.state["id"])
+        return self.view(row, user)
+
+    async def expire_due_items(self) -> int:
+        """Mark local items whose time ran out as expired: a real change, version +1."""
+        now = self.now()
+        expired = 0
+        for item_id in await self.store.due_for_expiry(format_time(now)):
+            async with self.store.write() as db:
+                row = await self.store.item_in(db, item_id)
+                if row is None or row.state["status"] not in item_rules.LIVE_STATUSES:
+                    continue
+                if row.state["expires"] > format_time(now):
+                    continue
+                state = item_rules.expire_state(row.state, now)
+                await self.store.write_item(
+                    db, state, origin=row.origin, is_local=True, owner_id=row.owner_id,
+                    escalation=row.escalation, share_author=row.share_author,
+                )  # fmt: skip
+                expired += 1
+        return expired
+
+    async def item_for(self, item_uuid: str, viewer: User | None) -> ItemView:
+        """The item with that uuid as `viewer` may see it, or NotFound.
+
+        Visitors see only open, federated offers (and only with public_offers on); members
+        see every item that has not ended, and the poster and coordinators also see their
+        ended local items.
+        """
+        row = await self.store.item_by_uuid(item_uuid)
+        if row is None:
+            raise NotFound(N_("no such item"))
+        view = self.view(row, viewer)
+        state = row.state
+        live = state["status"] in item_rules.LIVE_STATUSES and state["expires"] > self.now_text()
+        if viewer is None:
+            public = (self.config.public_offers and state["kind"] == "offer"
+                      and state["status"] == "open" and live and state["reach"] != "local")  # fmt: skip
+            if not public:
+                raise NotFound(N_("no such item"))
+        elif not live and not view.can_edit:
+            raise NotFound(N_("no such item"))
+        return view
+
+    async def list_items(self, query: ItemQuery, viewer: User | None) -> list[ItemView]:
+        return [self.view(row, viewer) for row in await self.store.list_items(query)]

@@ -1,0 +1,158 @@
+"""Routes that declare who may use them.
+
+Every route of the app is an `AccessRoute` with a `surface` and an `access` level:
+
+- surface `page`: HTML for people. Identified by the session cookie; a visitor who must log in
+  is sent to `/login`; every POST must carry the session's CSRF token (`csrf_token` field).
+- surface `api`: JSON for programs. Identified only by `Authorization: Bearer <token>` (never
+  by cookie, so no CSRF token is needed); no token → 401.
+- surface `public`: machine-readable documents anyone may read (node document, health).
+
+`access` is `anyone`, `member`, `coordinator`, `admin`, `loopback_or_admin`, or
+`visitor_if_public` (anyone while the admin has `public_offers` on, members otherwise). The wrapper checks
+it before the handler runs, and the route × role test matrix is generated from these
+declarations, so a route cannot be added without saying who may use it.
+"""
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from .accounts import new_secret, same_secret
+from .errors import ClientError, Forbidden, PayloadTooLarge, Unauthorized
+from .node import ROLES, has_role
+
+ACCESS_LEVELS = (
+    "anyone", "visitor_if_public", "member", "coordinator", "admin", "loopback_or_admin",
+)  # fmt: skip
+SURFACES = ("page", "api", "public")
+FORM_MAX_FIELDS = 100
+FORM_MAX_PART = 64 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def session_cookie_name(request: Request) -> str:
+    return f"aidnode_session_{request.app.state.node.cookie_suffix}"
+
+
+def csrf_cookie_name(request: Request) -> str:
+    return f"aidnode_csrf_{request.app.state.node.cookie_suffix}"
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def identify(request: Request, surface: str) -> None:
+    """Set `request.state.user` (or None) and, for pages, `request.state.csrf_token`."""
+    node = request.app.state.node
+    request.state.user = None
+    request.state.csrf_token = None
+    request.state.new_csrf_cookie = None
+    if surface == "api" or (surface == "public" and "authorization" in request.headers):
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if header:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+            user = await node.user_for_api_token(token.strip())
+            if user is None:
+                raise Unauthorized("the API token is not valid")
+            request.state.user = user
+        return
+    if surface != "page":
+        return
+    cookie = request.cookies.get(session_cookie_name(request))
+    if cookie:
+        found = await node.session(cookie)
+        if found is not None:
+            request.state.user, request.state.csrf_token = found
+            return
+    # A visitor: a double-submit CSRF token in its own cookie protects the login and join forms.
+    token = request.cookies.get(csrf_cookie_name(request))
+    if not token or len(token) != 43:
+        token = new_secret()
+        request.state.new_csrf_cookie = token
+    request.state.csrf_token = token
+
+
+def allowed(request: Request, access: str) -> bool:
+    user = request.state.user
+    if access == "anyone":
+        return True
+    if access == "visitor_if_public":
+        return request.app.state.node.config.public_offers or has_role(user, "member")
+    if access == "loopback_or_admin":
+        host = request.client.host if request.client else ""
+        return host in ("127.0.0.1", "::1") or has_role(user, "admin")
+    return has_role(user, access)
+
+
+async def check_csrf(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise ClientError("forms must be sent as application/x-www-form-urlencoded")
+    try:
+        form = await request.form(
+            max_files=0, max_fields=FORM_MAX_FIELDS, max_part_size=FORM_MAX_PART
+        )
+    except PayloadTooLarge:
+        raise
+    except Exception:
+        raise ClientError("the form could not be read") from None
+    sent = form.get("csrf_token")
+    if not isinstance(sent, str) or not same_secret(sent, request.state.csrf_token or ""):
+        raise Forbidden("the form's security token is missing or stale: reload the page and try again")
+
+
+class AccessRoute(Route):
+    """A starlette Route that knows its surface and who may use it."""
+
+    def __init__(
+        self, path: str, handler: Handler, *, surface: str, access: str,
+        methods: tuple[str, ...] = ("GET",), name: str | None = None,
+    ) -> None:
+        assert surface in SURFACES and access in ACCESS_LEVELS
+        self.surface = surface
+        self.access = access
+
+        async def endpoint(request: Request) -> Response:
+            await identify(request, surface)
+            if not allowed(request, access):
+                if request.state.user is None and surface == "page":
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+                if request.state.user is None:
+                    raise Unauthorized("an API token is required (Authorization: Bearer <token>)")
+                raise Forbidden("your role does not allow this")
+            if surface == "page" and request.method == "POST":
+                await check_csrf(request)
+            response = await handler(request)
+            if request.state.new_csrf_cookie:
+                response.set_cookie(
+                    csrf_cookie_name(request), request.state.new_csrf_cookie, httponly=True,
+                    samesite="lax", secure=request.app.state.node.config.secure_cookies, path="/",
+                )  # fmt: skip
+            return response
+
+        endpoint.__name__ = handler.__name__
+        super().__init__(path, endpoint, methods=list(methods), name=name or handler.__name__)
+
+
+def page(path: str, handler: Handler, access: str, methods=("GET",), name=None) -> AccessRoute:
+    return AccessRoute(path, handler, surface="page", access=access, methods=methods, name=name)
+
+
+def api(path: str, handler: Handler, access: str, methods=("GET",), name=None) -> AccessRoute:
+    return AccessRoute(path, handler, surface="api", access=access, methods=methods, name=name)
+
+
+def public(path: str, handler: Handler, access: str = "anyone", methods=("GET",), name=None):
+    return AccessRoute(path, handler, surface="public", access=access, methods=methods, name=name)
+
+
+__all__ = ["ROLES", "AccessRoute", "api", "page", "public"]

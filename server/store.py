@@ -1,0 +1,505 @@
+"""The node's SQLite store: one file, WAL mode, one writer, a few readers.
+
+Approach (after Datasette): every write goes through a single connection, serialised by an
+asyncio lock, inside `BEGIN IMMEDIATE … COMMIT`; reads use a small pool of their own
+connections, which WAL lets run beside the writer. SQL is written out here as literal strings
+with bound parameters. The schema changes only through the numbered files in
+`server/migrations/`, applied in order at start.
+
+Every item write goes through `Store.write_item`, inside the caller's write transaction: the
+one place where an item's row, its search index and (with signed feeds) its feed entry change
+together, so a crash never leaves one without the other.
+"""
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+READERS = 4
+
+
+class StoreError(Exception):
+    """The database cannot be used (missing FTS5, a failed migration)."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    display_name: str
+    role: str
+    disabled: bool
+    created: str
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """An item as stored: its protocol state and the node's notes about it."""
+
+    state: dict
+    origin: str
+    is_local: bool
+    owner_id: int | None
+    escalation: str | None
+    share_author: bool
+    row: int
+
+
+def _user(row: aiosqlite.Row | None) -> User | None:
+    if row is None:
+        return None
+    return User(row["id"], row["username"], row["display_name"], row["role"],
+                bool(row["disabled"]), row["created"])  # fmt: skip
+
+
+def _item(row: aiosqlite.Row) -> ItemRow:
+    return ItemRow(
+        state=json.loads(row["state"]), origin=row["origin"], is_local=bool(row["is_local"]),
+        owner_id=row["owner_id"], escalation=row["escalation"],
+        share_author=bool(row["share_author"]), row=row["row"],
+    )  # fmt: skip
+
+
+USER_COLUMNS = "id, username, display_name, role, disabled, created"
+ITEM_COLUMNS = "row, state, origin, is_local, owner_id, escalation, share_author"
+
+
+def fts_query(text: str) -> str:
+    """Quote member text term by term for FTS5 (never raw MATCH syntax); each term a prefix."""
+    terms = [term.replace('"', '""') for term in text.split()]
+    return " ".join(f'"{term}"*' for term in terms if term)
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(number, name, SQL) of every migration shipped with the package, in order."""
+    found = []
+    for entry in resources.files("server.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            found.append((int(name.split("_", 1)[0]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def _connect(path: Path, *, readonly: bool) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = aiosqlite.Row
+    await db.execute("PRAGMA busy_timeout = 10000")
+    await db.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        await db.execute("PRAGMA query_only = ON")
+    else:
+        await db.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit survives power loss, not only a crash of the process.
+        await db.execute("PRAGMA synchronous = FULL")
+    return db
+
+
+class Store:
+    """The node's database. Open with `await Store.open(path)`, close with `await close()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+
+    @classmethod
+    async def open(cls, path: Path, *, readers: int = READERS) -> "Store":
+        store = cls(path)
+        try:
+            store._writer = await _connect(store.path, readonly=False)
+            await store._check_fts5()
+            await store._migrate()
+            for _ in range(readers):
+                reader = await _connect(store.path, readonly=True)
+                store._all_readers.append(reader)
+                store._readers.put_nowait(reader)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        for reader in self._all_readers:
+            await reader.close()
+        self._all_readers.clear()
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+
+    async def _check_fts5(self) -> None:
+        try:
+            await self._writer.execute("CREATE VIRTUAL TABLE temp.fts5_probe USING fts5(x)")
+            await self._writer.execute("DROP TABLE temp.fts5_probe")
+        except sqlite3.OperationalError:
+            raise StoreError(
+                "this Python's SQLite has no FTS5 full-text search: install a Python built "
+                f"with FTS5 (SQLite {sqlite3.sqlite_version} here)"
+            ) from None
+
+    async def _migrate(self) -> None:
+        db = self._writer
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied TEXT NOT NULL) STRICT"
+        )
+        async with db.execute("SELECT number FROM schema_migrations") as cursor:
+            done = {row[0] async for row in cursor}
+        for number, name, sql in migrations():
+            if number in done:
+                continue
+            try:
+                await db.executescript(
+                    "BEGIN IMMEDIATE;\n" + sql + "\nINSERT INTO schema_migrations VALUES ("
+                    f"{number}, '{name}', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));\nCOMMIT;"
+                )
+            except sqlite3.Error as error:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise StoreError(f"migration {name} failed: {error}") from None
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+        reader = await self._readers.get()
+        try:
+            yield reader
+        finally:
+            self._readers.put_nowait(reader)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: `BEGIN IMMEDIATE`, then COMMIT, or ROLLBACK on any error."""
+        async with self._write_lock:
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def fetch_one(self, sql: str, params: tuple = ()) -> aiosqlite.Row | None:
+        async with self.read() as db, db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def fetch_all(self, sql: str, params: tuple = ()) -> list[aiosqlite.Row]:
+        async with self.read() as db, db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    # ------------------------------------------------------------------------ node meta
+
+    async def get_meta(self, key: str) -> str | None:
+        row = await self.fetch_one("SELECT value FROM node_meta WHERE key = ?", (key,))
+        return None if row is None else row[0]
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self.write() as db:
+            await db.execute(
+                "INSERT INTO node_meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    async def ping(self) -> bool:
+        row = await self.fetch_one("SELECT 1")
+        return row is not None and row[0] == 1
+
+    # ------------------------------------------------------------------------ users
+
+    async def add_user(
+        self, db: aiosqlite.Connection, *, username: str, display_name: str,
+        password_hash: str, role: str, now: str,
+    ) -> int:
+        cursor = await db.execute(
+            "INSERT INTO users (username, display_name, password_hash, role, created)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (username, display_name, password_hash, role, now),
+        )
+        return cursor.lastrowid
+
+    async def username_taken(self, db: aiosqlite.Connection, username: str) -> bool:
+        async with db.execute("SELECT 1 FROM users WHERE username = ?", (username,)) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def user_by_id(self, user_id: int) -> User | None:
+        return _user(await self.fetch_one(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)))
+
+    async def user_by_username(self, username: str) -> User | None:
+        return _user(
+            await self.fetch_one(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (username,))
+        )
+
+    async def password_hash(self, user_id: int) -> str | None:
+        row = await self.fetch_one("SELECT password_hash FROM users WHERE id = ?", (user_id,))
+        return None if row is None else row[0]
+
+    async def list_users(self) -> list[User]:
+        rows = await self.fetch_all(f"SELECT {USER_COLUMNS} FROM users ORDER BY username")
+        return [_user(row) for row in rows]
+
+    async def count_admins(self) -> int:
+        row = await self.fetch_one("SELECT count(*) FROM users WHERE role = 'admin' AND NOT disabled")
+        return row[0]
+
+    async def set_user_role(self, db: aiosqlite.Connection, user_id: int, role: str) -> None:
+        await db.execute("UPDATE users SET role = ? WHERE id = ?", (role, user_id))
+
+    async def set_user_disabled(self, db: aiosqlite.Connection, user_id: int, disabled: bool) -> None:
+        await db.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+        if disabled:
+            await db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+            await db.execute("UPDATE api_tokens SET revoked = 1 WHERE user_id = ?", (user_id,))
+
+    # ------------------------------------------------------------------------ sessions, tokens
+
+    async def add_session(
+        self, *, token_hash: str, user_id: int, csrf_token: str, now: str, expires: str
+    ) -> None:
+        async with self.write() as db:
+            await db.execute(
+                "INSERT INTO sessions (token_hash, user_id, csrf_token, created, expires)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (token_hash, user_id, csrf_token, now, expires),
+            )
+
+    async def session(self, token_hash: str, now: str) -> tuple[User, str] | None:
+        """The live session's user and CSRF token, or None."""
+        row = await self.fetch_one(
+            f"SELECT csrf_token, {', '.join('u.' + c for c in USER_COLUMNS.split(', '))}"
+            " FROM sessions s JOIN users u ON u.id = s.user_id"
+            " WHERE s.token_hash = ? AND s.expires > ? AND NOT u.disabled",
+            (token_hash, now),
+        )
+        return None if row is None else (_user(row), row["csrf_token"])
+
+    async def delete_session(self, token_hash: str) -> None:
+        async with self.write() as db:
+            await db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+    async def delete_expired_sessions(self, now: str) -> None:
+        async with self.write() as db:
+            await db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+
+    async def add_api_token(self, *, token_hash: str, user_id: int, label: str, now: str) -> None:
+        async with self.write() as db:
+            await db.execute(
+                "INSERT INTO api_tokens (token_hash, user_id, label, created) VALUES (?, ?, ?, ?)",
+                (token_hash, user_id, label, now),
+            )
+
+    async def user_by_api_token(self, token_hash: str) -> User | None:
+        return _user(
+            await self.fetch_one(
+                f"SELECT {', '.join('u.' + c for c in USER_COLUMNS.split(', '))}"
+                " FROM api_tokens t JOIN users u ON u.id = t.user_id"
+                " WHERE t.token_hash = ? AND NOT t.revoked AND NOT u.disabled",
+                (token_hash,),
+            )
+        )
+
+    # ------------------------------------------------------------------------ invites
+
+    async def add_invite(
+        self, *, code_hash: str, role: str, created_by: int | None, now: str, expires: str
+    ) -> None:
+        async with self.write() as db:
+            await db.execute(
+                "INSERT INTO invites (code_hash, role, created_by, created, expires)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (code_hash, role, created_by, now, expires),
+            )
+
+    async def open_invite(self, code_hash: str, now: str) -> aiosqlite.Row | None:
+        return await self.fetch_one(
+            "SELECT id, role FROM invites"
+            " WHERE code_hash = ? AND used_by IS NULL AND NOT revoked AND expires > ?",
+            (code_hash, now),
+        )
+
+    async def use_invite(
+        self, db: aiosqlite.Connection, code_hash: str, user_id: int, now: str
+    ) -> str | None:
+        """Mark an open invite used, inside the caller's transaction; its role, or None."""
+        async with db.execute(
+            "UPDATE invites SET used_by = ?, used_at = ?"
+            " WHERE code_hash = ? AND used_by IS NULL AND NOT revoked AND expires > ?"
+            " RETURNING role",
+            (user_id, now, code_hash, now),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def list_invites(self) -> list[aiosqlite.Row]:
+        return await self.fetch_all(
+            "SELECT i.id, i.role, i.created, i.expires, i.used_at, i.revoked,"
+            " c.username AS created_by, u.username AS used_by"
+            " FROM invites i LEFT JOIN users c ON c.id = i.created_by"
+            " LEFT JOIN users u ON u.id = i.used_by ORDER BY i.created DESC, i.id DESC LIMIT 200"
+        )
+
+    async def revoke_invite(self, db: aiosqlite.Connection, invite_id: int) -> bool:
+        cursor = await db.execute(
+            "UPDATE invites SET revoked = 1 WHERE id = ? AND used_by IS NULL AND NOT revoked",
+            (invite_id,),
+        )
+        return cursor.rowcount == 1
+
+    async def revoke_unused_invites(self, db: aiosqlite.Connection, role: str) -> None:
+        await db.execute(
+            "UPDATE invites SET revoked = 1 WHERE role = ? AND created_by IS NULL AND used_by IS NULL",
+            (role,),
+        )
+
+    # ------------------------------------------------------------------------ audit log
+
+    async def audit(
+        self, db: aiosqlite.Connection, *, now: str, actor: User | None, action: str,
+        target: str, detail: str = "",
+    ) -> None:
+        await db.execute(
+            "INSERT INTO audit_log (at, actor_id, actor, action, target, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (now, actor.id if actor else None, actor.username if actor else "node", action,
+             target, detail),
+        )  # fmt: skip
+
+    async def audit_entries(self, limit: int = 200) -> list[aiosqlite.Row]:
+        return await self.fetch_all(
+            "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+
+    # ------------------------------------------------------------------------ items
+
+    async def write_item(
+        self, db: aiosqlite.Connection, state: dict, *, origin: str, is_local: bool,
+        owner_id: int | None = None, escalation: str | None = None, share_author: bool = False,
+    ) -> None:
+        """Insert or replace an item's stored state, inside the caller's write transaction.
+
+        The single path for every item write (see the module docstring).
+        """
+        location = state.get("location", {})
+        await db.execute(
+            "INSERT INTO items (id, uuid, origin, is_local, kind, category, status, reach,"
+            " urgency, geohash, title, body, tags, created, updated, expires, version, state,"
+            " owner_id, escalation, share_author)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET category = excluded.category,"
+            " status = excluded.status, reach = excluded.reach, urgency = excluded.urgency,"
+            " geohash = excluded.geohash, title = excluded.title, body = excluded.body,"
+            " tags = excluded.tags, updated = excluded.updated, expires = excluded.expires,"
+            " version = excluded.version, state = excluded.state,"
+            " escalation = excluded.escalation, share_author = excluded.share_author",
+            (
+                state["id"], state["id"].rsplit("/items/", 1)[1], origin, int(is_local),
+                state["kind"], state["category"], state["status"], state["reach"],
+                state.get("urgency"), location.get("geohash"), state["title"], state["body"],
+                " ".join(state.get("tags", [])), state["created"], state["updated"],
+                state["expires"], state["version"], json.dumps(state, ensure_ascii=False),
+                owner_id, escalation, int(share_author),
+            ),
+        )  # fmt: skip
+
+    async def item_in(self, db: aiosqlite.Connection, item_id: str) -> ItemRow | None:
+        """An item read inside a write transaction (so a change sees the latest state)."""
+        async with db.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _item(row)
+
+    async def item(self, item_id: str) -> ItemRow | None:
+        row = await self.fetch_one(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,))
+        return None if row is None else _item(row)
+
+    async def item_by_uuid(self, item_uuid: str) -> ItemRow | None:
+        """A local item if there is one with that uuid, else a remote one, else None."""
+        row = await self.fetch_one(
+            f"SELECT {ITEM_COLUMNS} FROM items WHERE uuid = ? ORDER BY is_local DESC LIMIT 1",
+            (item_uuid,),
+        )
+        return None if row is None else _item(row)
+
+    async def due_for_expiry(self, now: str, limit: int = 500) -> list[str]:
+        rows = await self.fetch_all(
+            "SELECT id FROM items WHERE is_local AND status IN ('open', 'promised')"
+            " AND expires <= ? ORDER BY expires LIMIT ?",
+            (now, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def list_items(self, query: "ItemQuery") -> list[ItemRow]:
+        sql, params = query.sql()
+        return [_item(row) for row in await self.fetch_all(sql, params)]
+
+    async def count_items(self) -> dict[str, int]:
+        rows = await self.fetch_all(
+            "SELECT kind, count(*) FROM items WHERE is_local GROUP BY kind"
+        )
+        return {row[0]: row[1] for row in rows}
+
+
+@dataclass
+class ItemQuery:
+    """A filtered, paged item listing. Visibility rules are the caller's to set:
+    `now` hides expired items (even before the expiry worker marks them), `statuses` limits
+    status (None shows expired ones too, for a poster's history), `public_only` keeps federated open offers only (for visitors)."""
+
+    now: str | None
+    statuses: tuple[str, ...] = ("open", "promised")
+    kind: str | None = None
+    category: str | None = None
+    q: str | None = None
+    origin: str = "all"
+    item_id: str | None = None
+    owner_id: int | None = None
+    limit: int = 50
+    after: tuple[str, int] | None = None
+    offset: int = 0
+    public_only: bool = False
+
+    def sql(self) -> tuple[str, tuple[Any, ...]]:
+        where = ["1"]
+        params: list[Any] = []
+        if self.now is not None:
+            where.append("i.expires > ?")
+            params.append(self.now)
+        where.append(f"i.status IN ({', '.join('?' * len(self.statuses))})")
+        params.extend(self.statuses)
+        for column, value in (("i.kind", self.kind), ("i.category", self.category),
+                              ("i.id", self.item_id), ("i.owner_id", self.owner_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if self.origin == "local":
+            where.append("i.is_local")
+        elif self.origin == "remote":
+            where.append("NOT i.is_local")
+        if self.public_only:
+            where.append("i.kind = 'offer' AND i.status = 'open' AND i.reach != 'local'")
+        join = ""
+        order = "i.created DESC, i.row DESC"
+        if self.q and fts_query(self.q):
+            join = " JOIN items_fts f ON f.rowid = i.row"
+            where.append("items_fts MATCH ?")
+            params.append(fts_query(self.q))
+            order = "f.rank, i.row DESC"
+        elif self.after is not None:
+            where.append("(i.created, i.row) < (?, ?)")
+            params.extend(self.after)
+        sql = (
+            f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS.split(', '))} FROM items i{join}"
+            f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ? OFFSET ?"
+        )
+        params.extend([self.limit, self.offset])
+        return sql, tuple(params)
+

@@ -1,0 +1,100 @@
+"""Rendering pages: jinja2 with autoescaping and the i18n extension, one environment per language.
+
+Every user-facing string in the templates goes through `_()` / `{% trans %}`, and Python code
+marks its messages with `N_` and translates them when a page shows them, so a language is added
+by adding a catalog (`server/locale/<lang>/LC_MESSAGES/aidnode.mo`), without touching templates.
+The language comes from `Accept-Language` (a member setting comes later); English is the source.
+"""
+
+import gettext
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from federation import items as item_rules
+
+DOMAIN = "aidnode"
+DEFAULT_LANGUAGE = "en"
+
+
+def _locale_dir() -> Path:
+    return Path(str(resources.files("server"))) / "locale"
+
+
+def available_languages() -> tuple[str, ...]:
+    found = {DEFAULT_LANGUAGE}
+    base = _locale_dir()
+    if base.is_dir():
+        found.update(p.name for p in base.iterdir() if (p / "LC_MESSAGES" / f"{DOMAIN}.mo").exists())
+    return tuple(sorted(found))
+
+
+def negotiate_language(accept_language: str, available: tuple[str, ...]) -> str:
+    """Pick the best available language from an Accept-Language header (RFC 9110 §12.5.4)."""
+    choices = []
+    for position, part in enumerate(accept_language.split(",")[:20]):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                continue
+        primary = tag.strip().lower().split("-")[0]
+        if primary in available and quality > 0:
+            choices.append((-quality, position, primary))
+    return min(choices)[2] if choices else DEFAULT_LANGUAGE
+
+
+class Templates:
+    """Loads templates once; renders a page in the request's language."""
+
+    def __init__(self) -> None:
+        self._loader = jinja2.PackageLoader("templates", "")
+        self._languages = available_languages()
+        self._envs: dict[str, jinja2.Environment] = {}
+
+    def environment(self, language: str) -> jinja2.Environment:
+        env = self._envs.get(language)
+        if env is None:
+            env = jinja2.Environment(
+                loader=self._loader,
+                autoescape=True,
+                extensions=["jinja2.ext.i18n"],
+                undefined=jinja2.StrictUndefined,
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+            translations = gettext.translation(
+                DOMAIN, localedir=_locale_dir(), languages=[language], fallback=True
+            )
+            env.install_gettext_translations(translations, newstyle=True)
+            env.globals["rules"] = item_rules
+            self._envs[language] = env
+        return env
+
+    def language(self, request: Request) -> str:
+        return negotiate_language(request.headers.get("accept-language", ""), self._languages)
+
+    def gettext(self, request: Request):
+        return self.environment(self.language(request)).globals["gettext"]
+
+    def render(
+        self, request: Request, name: str, context: dict | None = None, status_code: int = 200
+    ) -> HTMLResponse:
+        language = self.language(request)
+        node = request.app.state.node
+        values = {
+            "request": request,
+            "language": language,
+            "node_name": node.config.name,
+            "user": getattr(request.state, "user", None),
+            "csrf_token": getattr(request.state, "csrf_token", None),
+            "public_offers": node.config.public_offers,
+        }
+        values.update(context or {})
+        html = self.environment(language).get_template(name).render(values)
+        return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
