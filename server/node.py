@@ -65,7 +65,7 @@ def init_node(
     migrated by `Node.start`, which also records the base_url the node's item ids embed.
     """
     data_dir = Path(data_dir)
-    if (data_dir / CONFIG_FILE).exists() or (data_dir / DATABASE_FILE).exists():
+    if any((data_dir / name).exists() for name in (CONFIG_FILE, DATABASE_FILE, KEYS_DIR)):
         raise NodeExists(f"{data_dir} already holds a node; refusing to overwrite it")
     if not name or not name.strip():
         raise ConfigError("--name must not be empty")
