@@ -1,0 +1,1 @@
+"""aidnode tests."""
