@@ -173,3 +173,14 @@ def write_config_file(data_dir: Path, values: Mapping[str, Any]) -> None:
     text = "# aidnode settings: see docs/operating.md. AIDNODE_<NAME> overrides any of them.\n"
     text += tomli_w.dumps(dict(values))
     (data_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+
+
+def settings_table() -> str:
+    """The Markdown table of settings in docs/operating.md (a test keeps the two equal)."""
+    lines = ["| setting | environment | type | default | what it does |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "(required)" if s.default is None else (
+            str(s.default).lower() if s.type is bool else f"`{s.default}`" if s.default != "" else '""'
+        )  # fmt: skip
+        lines.append(f"| `{s.name}` | `AIDNODE_{s.name.upper()}` | {s.type.__name__} | {default} | {s.help} |")
+    return "\n".join(lines)

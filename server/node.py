@@ -18,14 +18,20 @@ from urllib.parse import urlsplit
 from federation import items as item_rules
 from federation.errors import BaseUrlError, ValidationError
 from federation.identity import node_document, parse_base_url
-from federation.items import ItemInput, N_
+from federation.items import N_
 from federation.keys import NodeKey, generate_key, load_key, save_key
 from federation.timefmt import Clock, format_time, system_clock
 
 from . import __version__
 from .accounts import Passwords, RateLimiter, check_new_password, new_secret, secret_hash
 from .config import (
-    CONFIG_FILE, DATABASE_FILE, KEYS_DIR, Config, ConfigError, load_config, write_config_file,
+    CONFIG_FILE,
+    DATABASE_FILE,
+    KEYS_DIR,
+    Config,
+    ConfigError,
+    load_config,
+    write_config_file,
 )  # fmt: skip
 from .errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from .store import ItemQuery, ItemRow, Store, User

@@ -16,7 +16,7 @@ from federation.items import N_
 from federation.timefmt import format_time, parse_time
 
 from .api import item_query, page_of_items
-from .errors import ClientError, Invalid, NotFound, TooManyRequests, Unauthorized
+from .errors import ClientError, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from .node import ROLES, has_role
 from .routing import client_address, page, session_cookie_name
 from .store import ItemQuery
@@ -270,7 +270,7 @@ async def edit_item(request: Request) -> Response:
     user = request.state.user
     view = await node.item_for(_uuid(request), user)
     if not view.can_edit:
-        raise NotFound(N_("no such item"))
+        raise Forbidden(N_("only the poster or a coordinator may change this item"))
     if request.method == "GET":
         return render(request, "items/form.html",
                       {"values": _form_values(None, view.state, view), "errors": {}, "view": view})  # fmt: skip

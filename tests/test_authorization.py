@@ -1,0 +1,135 @@
+"""Who may use each route: a route × role matrix generated from the app's own routes.
+
+Every route declares its access level. This test holds the expected level of every route in
+a table of its own, so a route cannot be added (or loosened) without this file saying so,
+then checks each cell, anonymous, member, coordinator and admin, against the live app.
+"""
+
+import pytest
+
+from server.routing import AccessRoute
+from tests.conftest import csrf_of
+
+pytestmark = pytest.mark.anyio
+
+EXPECTED = {
+    ("GET", "/"): "anyone",
+    ("GET", "/login"): "anyone",
+    ("POST", "/login"): "anyone",
+    ("POST", "/logout"): "member",
+    ("GET", "/join/{code}"): "anyone",
+    ("POST", "/join/{code}"): "anyone",
+    ("GET", "/items"): "visitor_if_public",
+    ("GET", "/items/new"): "member",
+    ("POST", "/items/new"): "member",
+    ("GET", "/items/{uuid}"): "visitor_if_public",
+    ("GET", "/items/{uuid}/edit"): "member",
+    ("POST", "/items/{uuid}/edit"): "member",
+    ("POST", "/items/{uuid}/status"): "member",
+    ("GET", "/my/items"): "member",
+    ("GET", "/account"): "member",
+    ("POST", "/account"): "member",
+    ("GET", "/admin/members"): "admin",
+    ("POST", "/admin/members/{user_id}"): "admin",
+    ("GET", "/admin/invites"): "admin",
+    ("POST", "/admin/invites"): "admin",
+    ("POST", "/admin/invites/{invite_id}/revoke"): "admin",
+    ("GET", "/admin/audit"): "admin",
+    ("GET", "/api/v1/items"): "member",
+    ("POST", "/api/v1/items"): "member",
+    ("GET", "/api/v1/items/{uuid}"): "member",
+    ("PATCH", "/api/v1/items/{uuid}"): "member",
+    ("GET", "/api/v1/openapi.json"): "anyone",
+    ("GET", "/.well-known/aidnode"): "anyone",
+    ("GET", "/healthz"): "anyone",
+}
+# Routes on one item that only its poster or a coordinator may use: the item in the matrix
+# belongs to someone else, so a plain member is refused (403) there.
+POSTER_OR_COORDINATOR = {
+    ("GET", "/items/{uuid}/edit"), ("POST", "/items/{uuid}/edit"),
+    ("POST", "/items/{uuid}/status"), ("PATCH", "/api/v1/items/{uuid}"),
+}
+ROLES = (None, "member", "coordinator", "admin")
+RANK = {None: 0, "member": 1, "coordinator": 2, "admin": 3}
+
+
+def declared_routes(app):
+    for route in app.routes:
+        if isinstance(route, AccessRoute):
+            for method in sorted(route.methods - {"HEAD"}):
+                yield method, route.path, route
+
+
+def may(access: str, role: str | None, public_offers: bool) -> bool:
+    if access == "anyone":
+        return True
+    if access == "visitor_if_public":
+        return public_offers or role is not None
+    return RANK[role] >= RANK[access]
+
+
+async def test_every_route_is_in_the_table(harness):
+    """The app's routes and their access levels are exactly the ones this file expects."""
+    declared = {(m, p): r.access for m, p, r in declared_routes(harness.app)}
+    assert declared == EXPECTED
+
+
+@pytest.mark.parametrize("public_offers", [False, True])
+async def test_route_role_matrix(harness_factory, public_offers):
+    """Each route answers each role as its access level says."""
+    async with harness_factory(public_offers=public_offers) as h:
+        # Fixtures for path parameters: someone else's item, a member, an invite.
+        owner = await h.api_client("owner")
+        item = (await owner.post("/api/v1/items", json={
+            "kind": "offer", "title": "Bike", "body": "A bike.", "category": "transport",
+        })).json()  # fmt: skip
+        item_uuid = item["id"].rsplit("/", 1)[1]
+        member = await h.node.store.user_by_username("owner")
+        await h.node.new_invite("member", None)
+        invite_id = (await h.node.store.list_invites())[0]["id"]
+        params = {"uuid": item_uuid, "code": "x" * 43, "user_id": str(member.id),
+                  "invite_id": str(invite_id)}  # fmt: skip
+
+        for role in ROLES:
+            # One logged-in browser and one API client per role.
+            browser = await h.browser(f"b{RANK[role]}", role) if role else await h.browser()
+            api = await h.api_client(f"a{RANK[role]}", role) if role else h.client()
+            home = await browser.get("/")
+            csrf = csrf_of(home.text) if "csrf_token" in home.text else None
+            for method, path, route in declared_routes(h.app):
+                if (method, path) in {("POST", "/logout")}:
+                    continue  # checked below, last, since it ends the session
+                url = path.format(**params)
+                client = api if route.surface in ("api", "public") else browser
+                kwargs = {}
+                if method == "POST":
+                    kwargs["data"] = {"csrf_token": csrf or "none"}
+                elif method == "PATCH":
+                    kwargs["json"] = {}
+                response = await client.request(method, url, **kwargs)
+                cell = f"{method} {path} as {role or 'anonymous'}: {response.status_code}"
+                assert response.status_code < 500, cell
+                access = route.access
+                if (method, path) in POSTER_OR_COORDINATOR:
+                    access = "coordinator"
+                if may(access, role, public_offers):
+                    assert response.status_code not in (401, 403), cell
+                    assert not response.headers.get("location", "").startswith("/login"), cell
+                elif role is None and route.surface == "page":
+                    assert response.status_code == 303, cell
+                    assert response.headers["location"].startswith("/login?next="), cell
+                elif role is None:
+                    assert response.status_code == 401, cell
+                else:
+                    assert response.status_code == 403, cell
+            if role is not None:
+                out = await browser.post("/logout", data={"csrf_token": csrf})
+                assert out.status_code == 303
+                assert (await browser.get("/my/items")).status_code == 303
+
+
+async def test_coordinators_cannot_reach_admin_pages_by_api_token(harness):
+    """Admin pages take sessions only: a bearer token on a page route counts for nothing."""
+    admin_api = await harness.api_client("root", "admin")
+    response = await admin_api.get("/admin/members", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].startswith("/login")
