@@ -1,0 +1,212 @@
+"""Signed, hash-chained feed entries (DESIGN §4.2).
+
+An entry is
+
+    {"v": 1, "origin": base_url, "seq": n, "prev": "sha256:<b64url>" | null, "type": T,
+     "at": time, "body": {...}, "key": "<origin>#<name>", "sig": "<b64url>"}
+
+- `sig` is Ed25519 over the RFC 8785 (JCS) bytes of the entry without `sig`;
+- its hash is `sha256:` + base64url(sha256(JCS bytes of the whole entry, `sig` included));
+- `prev` is the hash of the entry before it (null only for seq 1), so dropping, reordering or
+  rewriting any entry breaks every hash after it.
+
+Chain validity (this module: strict shape, signature, origin, seq, prev, size) decides whether
+an entry is accepted; content validity (the item rules) is judged separately, by
+`federation.items`, and never stops the chain.
+"""
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .encoding import HASH_CHARS, SIGNATURE_CHARS, b64url_decode, b64url_encode
+from .errors import MalformedError, ProtocolError
+from .keys import NodeKey, parse_public_key, public_key_text
+from .timefmt import parse_time
+
+VERSION = 1
+ENTRY_FIELDS = ("v", "origin", "seq", "prev", "type", "at", "body", "key", "sig")
+ENTRY_TYPES = ("item", "relay", "key")
+MAX_ENTRY_BYTES = {"item": 16 * 1024, "relay": 20 * 1024, "key": 4 * 1024}
+SEQ_MAX = 2**53 - 1
+_HASH_RE = re.compile(r"sha256:[A-Za-z0-9_-]{43}")
+
+
+class EntryError(ProtocolError):
+    """An entry breaks chain validity: it must not be accepted."""
+
+
+def canonical(value: object) -> bytes:
+    """RFC 8785 (JSON Canonicalization Scheme) bytes of a JSON value."""
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as error:
+        raise MalformedError(f"cannot canonicalize: {error}") from None
+
+
+def hash_bytes(data: bytes) -> str:
+    return "sha256:" + b64url_encode(hashlib.sha256(data).digest())
+
+
+def entry_hash(entry: dict) -> str:
+    """The hash the next entry's `prev` must carry."""
+    return hash_bytes(canonical(entry))
+
+
+def signing_input(entry: dict) -> bytes:
+    return canonical({name: value for name, value in entry.items() if name != "sig"})
+
+
+def sign_entry(
+    *, origin: str, seq: int, prev: str | None, type: str, at: str, body: dict, key: NodeKey
+) -> dict:
+    """Build and sign an entry. Raises EntryError if it would be too large."""
+    entry = {"v": VERSION, "origin": origin, "seq": seq, "prev": prev, "type": type, "at": at,
+             "body": body, "key": key.key_id(origin)}  # fmt: skip
+    entry["sig"] = b64url_encode(key.sign(signing_input(entry)))
+    size = len(canonical(entry))
+    if size > MAX_ENTRY_BYTES[type]:
+        raise EntryError(f"a {type} entry is at most {MAX_ENTRY_BYTES[type]} bytes; this one is {size}")
+    return entry
+
+
+def check_shape(entry: object, *, origin: str | None = None) -> dict:
+    """Strictly check an entry's fields and types (not its signature); return it."""
+    if not isinstance(entry, dict):
+        raise EntryError("an entry must be a JSON object")
+    if set(entry) != set(ENTRY_FIELDS):
+        missing = sorted(set(ENTRY_FIELDS) - set(entry))
+        extra = sorted(set(entry) - set(ENTRY_FIELDS))
+        raise EntryError(f"entry fields wrong: missing {missing}, unexpected {extra}")
+    if entry["v"] != VERSION or isinstance(entry["v"], bool):
+        raise EntryError("entry v must be 1")
+    if not isinstance(entry["origin"], str) or (origin is not None and entry["origin"] != origin):
+        raise EntryError("entry origin is not the expected node")
+    seq = entry["seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= SEQ_MAX:
+        raise EntryError("entry seq must be a whole number from 1")
+    prev = entry["prev"]
+    if seq == 1 and prev is not None:
+        raise EntryError("entry 1 must have prev null")
+    if seq > 1:
+        if not isinstance(prev, str) or not _HASH_RE.fullmatch(prev):
+            raise EntryError("entry prev must be sha256:<43 base64url characters>")
+        try:
+            b64url_decode(prev[7:], HASH_CHARS, "prev")
+        except MalformedError as error:
+            raise EntryError(str(error)) from None
+    if entry["type"] not in ENTRY_TYPES:
+        raise EntryError(f"entry type must be one of {', '.join(ENTRY_TYPES)}")
+    try:
+        parse_time(entry["at"])
+    except ValueError:
+        raise EntryError("entry at must be a time like 2026-11-24T18:00:00Z") from None
+    if not isinstance(entry["body"], dict):
+        raise EntryError("entry body must be an object")
+    if not isinstance(entry["key"], str) or not entry["key"].startswith(entry["origin"] + "#"):
+        raise EntryError("entry key must be one of the origin's keys (<origin>#<name>)")
+    try:
+        b64url_decode(entry["sig"], SIGNATURE_CHARS, "sig")
+    except MalformedError as error:
+        raise EntryError(str(error)) from None
+    size = len(canonical(entry))
+    if size > MAX_ENTRY_BYTES[entry["type"]]:
+        raise EntryError(f"a {entry['type']} entry is at most {MAX_ENTRY_BYTES[entry['type']]} bytes")
+    return entry
+
+
+def verify_signature(entry: dict, public: Ed25519PublicKey) -> None:
+    """Raise EntryError unless `sig` is the key's signature over the entry's signing input."""
+    signature = b64url_decode(entry["sig"], SIGNATURE_CHARS, "sig")
+    try:
+        public.verify(signature, signing_input(entry))
+    except InvalidSignature:
+        raise EntryError(f"entry {entry.get('seq')}: the signature does not verify") from None
+
+
+# ---------------------------------------------------------------------------- key rotation
+
+
+def key_proof_input(origin: str, seq: int, key_doc: dict) -> bytes:
+    return canonical({"origin": origin, "seq": seq, "key": key_doc})
+
+
+def key_entry_body(origin: str, seq: int, new_key: NodeKey) -> dict:
+    """The body of a `key` entry: the new key, and the new key's signature over it."""
+    key_doc = {"id": new_key.key_id(origin), "type": "Ed25519", "public": public_key_text(new_key.public)}
+    proof = b64url_encode(new_key.sign(key_proof_input(origin, seq, key_doc)))
+    return {"key": key_doc, "proof": proof}
+
+
+def check_key_entry(entry: dict) -> tuple[str, Ed25519PublicKey]:
+    """Check a `key` entry's body and proof; return the new key's id and public key."""
+    body = entry["body"]
+    if not isinstance(body, dict) or set(body) != {"key", "proof"}:
+        raise EntryError("a key entry's body is {key, proof}")
+    key_doc = body["key"]
+    if not isinstance(key_doc, dict) or set(key_doc) != {"id", "type", "public"}:
+        raise EntryError("a key entry's key is {id, type, public}")
+    if key_doc["type"] != "Ed25519" or not isinstance(key_doc["id"], str) or not key_doc[
+        "id"
+    ].startswith(entry["origin"] + "#") or key_doc["id"] == entry["key"]:
+        raise EntryError("a key entry must name a new Ed25519 key of the origin")
+    try:
+        public = parse_public_key(key_doc["public"])
+        proof = b64url_decode(body["proof"], SIGNATURE_CHARS, "proof")
+        public.verify(proof, key_proof_input(entry["origin"], entry["seq"], key_doc))
+    except (MalformedError, ValueError, InvalidSignature):
+        raise EntryError("a key entry's proof does not verify with the new key") from None
+    return key_doc["id"], public
+
+
+# ---------------------------------------------------------------------------- chains
+
+
+@dataclass
+class ChainState:
+    """What a reader knows of an origin's chain: the last seq and hash, and the current key."""
+
+    origin: str
+    seq: int
+    hash: str | None
+    key_id: str
+    public: Ed25519PublicKey
+
+    def accept(self, entry: object) -> dict:
+        """Check the next entry against this state; on success advance the state and return it.
+
+        Checks shape, origin, seq (no gap), prev (the hash held), the key in force and the
+        signature; a `key` entry, once verified with the old key, makes its new key current.
+        """
+        entry = check_shape(entry, origin=self.origin)
+        if entry["seq"] != self.seq + 1:
+            raise EntryError(f"expected entry {self.seq + 1}, got {entry['seq']}")
+        if entry["prev"] != self.hash:
+            raise EntryError(f"entry {entry['seq']}: prev does not match the entry before it")
+        if entry["key"] != self.key_id:
+            raise EntryError(f"entry {entry['seq']}: signed with {entry['key']}, not the key in force")
+        verify_signature(entry, self.public)
+        if entry["type"] == "key":
+            self.key_id, self.public = check_key_entry(entry)
+        self.seq = entry["seq"]
+        self.hash = entry_hash(entry)
+        return entry
+
+
+def verify_chain(
+    entries: Iterable[dict], *, origin: str, key_id: str, public: Ed25519PublicKey,
+    after_seq: int = 0, after_hash: str | None = None,
+    on_entry: Callable[[dict], None] | None = None,
+) -> ChainState:
+    """Verify entries in order from (after_seq, after_hash), the first key being `key_id`."""
+    state = ChainState(origin, after_seq, after_hash, key_id, public)
+    for entry in entries:
+        state.accept(entry)
+        if on_entry is not None:
+            on_entry(entry)
+    return state
