@@ -372,11 +372,10 @@ class Node:
         return self.view(row, user)
 
     async def change_item(self, user: User, item_uuid: str, data: object) -> ItemView:
-        """Apply a member's change to a local item, reading and writing in one transaction."""
-        try:
-            inp = item_rules.parse_item_input(data, partial=True)
-        except ValidationError as error:
-            raise Invalid(str(error), field=error.field) from None
+        """Apply a member's change to a local item, reading and writing in one transaction.
+
+        Who may change it is checked before what they sent, so a refusal reveals nothing.
+        """
         async with self.store.write() as db:
             row = await self.store.item_in(db, self.local_id(item_uuid))
             if row is None:
@@ -386,6 +385,10 @@ class Node:
                 raise NotFound(N_("no such item"))
             if not self.view(row, user).can_edit:
                 raise Forbidden(N_("only the poster or a coordinator may change this item"))
+            try:
+                inp = item_rules.parse_item_input(data, partial=True)
+            except ValidationError as error:
+                raise Invalid(str(error), field=error.field) from None
             owner = await self.store.user_by_id(row.owner_id) if row.owner_id else None
             share_author = row.share_author if inp.share_author is None else inp.share_author
             try:

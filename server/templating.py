@@ -56,6 +56,16 @@ class Templates:
         self._loader = jinja2.PackageLoader("templates", "")
         self._languages = available_languages()
         self._envs: dict[str, jinja2.Environment] = {}
+        self._translations: dict[str, gettext.NullTranslations] = {}
+
+    def translations(self, language: str) -> gettext.NullTranslations:
+        found = self._translations.get(language)
+        if found is None:
+            found = gettext.translation(
+                DOMAIN, localedir=_locale_dir(), languages=[language], fallback=True
+            )
+            self._translations[language] = found
+        return found
 
     def environment(self, language: str) -> jinja2.Environment:
         env = self._envs.get(language)
@@ -64,14 +74,10 @@ class Templates:
                 loader=self._loader,
                 autoescape=True,
                 extensions=["jinja2.ext.i18n"],
-                undefined=jinja2.StrictUndefined,
                 trim_blocks=True,
                 lstrip_blocks=True,
             )
-            translations = gettext.translation(
-                DOMAIN, localedir=_locale_dir(), languages=[language], fallback=True
-            )
-            env.install_gettext_translations(translations, newstyle=True)
+            env.install_gettext_translations(self.translations(language), newstyle=True)
             env.globals["rules"] = item_rules
             self._envs[language] = env
         return env
@@ -80,7 +86,8 @@ class Templates:
         return negotiate_language(request.headers.get("accept-language", ""), self._languages)
 
     def gettext(self, request: Request):
-        return self.environment(self.language(request)).globals["gettext"]
+        """The plain `gettext` for Python-side messages in the request's language."""
+        return self.translations(self.language(request)).gettext
 
     def render(
         self, request: Request, name: str, context: dict | None = None, status_code: int = 200

@@ -79,6 +79,8 @@ def csrf_of(html: str) -> str:
 
 async def login(client: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
     page = await client.get("/login")
+    if page.status_code != 200:  # already logged in: the form on any page carries the token
+        page = await client.get("/")
     response = await client.post("/login", data={
         "username": username, "password": password, "csrf_token": csrf_of(page.text), "next": "/",
     })  # fmt: skip

@@ -166,9 +166,10 @@ async def test_visitors_are_sent_to_login_without_public_offers(harness):
     assert response.headers["location"] == "/login?next=%2Fitems%3Fkind%3Doffer"
     # And after logging in they land where they were going, never off-site.
     await harness.add_user("jo")
-    csrf = csrf_of((await visitor.get("/login")).text)
     for target, landing in (("/items?kind=offer", "/items?kind=offer"),
                             ("//evil.example", "/"), ("https://evil.example", "/")):
+        visitor = harness.client(follow_redirects=False)
+        csrf = csrf_of((await visitor.get("/login")).text)
         response = await visitor.post("/login", data={"username": "jo", "password": PASSWORD,
                                                       "next": target, "csrf_token": csrf})  # fmt: skip
         assert response.headers["location"] == landing
