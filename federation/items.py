@@ -258,7 +258,7 @@ def _check_expires(state: dict, now: datetime) -> None:
     expires = parse_time(state["expires"])
     if expires <= now:
         raise ValidationError("expires", N_("expires must be in the future"))
-    if expires > created + EXPIRY_MAX:
+    if expires - created > EXPIRY_MAX:
         raise ValidationError(
             "expires", N_("expires must be at most %(days)d days after the item was posted"), days=90
         )
@@ -326,7 +326,9 @@ def change_state(
     the same for a poster and a coordinator.
     """
     fields = inp.fields
-    if current["status"] in FINAL_STATUSES and (fields or inp.escalation is not None):
+    if current["status"] in FINAL_STATUSES and (
+        fields or inp.escalation is not None or inp.share_author is not None
+    ):
         raise ValidationError(
             "status", N_("this item is %(status)s and can no longer be changed"),
             status=current["status"],
@@ -447,14 +449,18 @@ def validate_state(state: Any, *, origin: str | None = None) -> dict:
     expires = _time("expires", state["expires"])
     if updated < created:
         raise ValidationError("updated", N_("updated is before created"))
-    if expires > created + EXPIRY_MAX:
+    if expires - created > EXPIRY_MAX:
         raise ValidationError(
             "expires", N_("expires must be at most %(days)d days after the item was posted"), days=90
         )
     version = state["version"]
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION_MAX:
         raise ValidationError("version", N_("version must be a whole number from 1"))
-    if len(rfc8785.dumps(state)) > STATE_MAX_BYTES:
+    try:
+        size = len(rfc8785.dumps(state))
+    except (rfc8785.CanonicalizationError, ValueError, TypeError):
+        raise ValidationError("", N_("the item cannot be put into canonical JSON")) from None
+    if size > STATE_MAX_BYTES:
         raise ValidationError(
             "body", N_("the item is too large to publish: shorten the description")
         )

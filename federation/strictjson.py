@@ -68,5 +68,7 @@ def loads_strict(data: bytes | str) -> Any:
         raise MalformedError(f"not valid JSON: {error.msg} at line {error.lineno}") from None
     except RecursionError:
         raise MalformedError("JSON nested too deeply") from None
+    except ValueError as error:  # e.g. an integer with more digits than Python will convert
+        raise MalformedError(f"not acceptable JSON: {error}") from None
     _check(value)
     return value

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
 
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # ASCII digits only
 
 
 def system_clock() -> datetime:

@@ -337,7 +337,7 @@ class Node:
     def _author_for(self, display_name: str, share_author: bool):
         def author(reach: str) -> str:
             if reach == "network" and not share_author:
-                return self.config.name[: item_rules.AUTHOR_MAX]
+                return self.config.name[: item_rules.AUTHOR_MAX].strip()
             return display_name
 
         return author
