@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -126,8 +127,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class RedactSecrets(logging.Filter):
+    """Keep invite codes out of the access log: a path holds one in /join/<code>."""
+
+    _JOIN = re.compile(r"/join/[^/?\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._JOIN.sub("/join/[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
 def configure_logging(log_format: str) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(RedactSecrets())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from federation.items import N_
+
 from .accounts import new_secret, same_secret
 from .errors import ClientError, Forbidden, PayloadTooLarge, Unauthorized
 from .node import ROLES, has_role
@@ -58,10 +60,10 @@ async def identify(request: Request, surface: str) -> None:
         scheme, _, token = header.partition(" ")
         if header:
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+                raise Unauthorized(N_("the Authorization header must be 'Bearer <token>'"))
             user = await node.user_for_api_token(token.strip())
             if user is None:
-                raise Unauthorized("the API token is not valid")
+                raise Unauthorized(N_("the API token is not valid"))
             request.state.user = user
         return
     if surface != "page":
@@ -95,7 +97,7 @@ def allowed(request: Request, access: str) -> bool:
 async def check_csrf(request: Request) -> None:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        raise ClientError("forms must be sent as application/x-www-form-urlencoded")
+        raise ClientError(N_("forms must be sent as application/x-www-form-urlencoded"))
     try:
         form = await request.form(
             max_files=0, max_fields=FORM_MAX_FIELDS, max_part_size=FORM_MAX_PART
@@ -103,10 +105,10 @@ async def check_csrf(request: Request) -> None:
     except PayloadTooLarge:
         raise
     except Exception:
-        raise ClientError("the form could not be read") from None
+        raise ClientError(N_("the form could not be read")) from None
     sent = form.get("csrf_token")
     if not isinstance(sent, str) or not same_secret(sent, request.state.csrf_token or ""):
-        raise Forbidden("the form's security token is missing or stale: reload the page and try again")
+        raise Forbidden(N_("the form's security token is missing or stale: reload the page and try again"))
 
 
 class AccessRoute(Route):
@@ -127,8 +129,8 @@ class AccessRoute(Route):
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                     return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
                 if request.state.user is None:
-                    raise Unauthorized("an API token is required (Authorization: Bearer <token>)")
-                raise Forbidden("your role does not allow this")
+                    raise Unauthorized(N_("an API token is required (Authorization: Bearer <token>)"))
+                raise Forbidden(N_("your role does not allow this"))
             if surface == "page" and request.method == "POST":
                 await check_csrf(request)
             response = await handler(request)
