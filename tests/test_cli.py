@@ -1,5 +1,6 @@
 """The `aidnode` command: init, accounts, tokens, invites, serve, and its errors."""
 
+import asyncio
 import os
 import re
 import signal
@@ -88,13 +89,23 @@ def test_serve_items_survive_a_restart_and_base_url_is_fixed(node):
     item = {"kind": "offer", "title": "Soup on Sundays", "body": "Lentil.", "category": "food"}
     created = httpx.post(f"{node.url}/api/v1/items", json=item, headers=headers)
     assert created.status_code == 201
+
+    # 50 posts at once over real HTTP: every one answered 201 and stored.
+    async def post_many() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=30) as client:
+            return await asyncio.gather(*[
+                client.post("/api/v1/items", json={**item, "title": f"Soup {i}"}) for i in range(50)
+            ])  # fmt: skip
+
+    statuses = [r.status_code for r in asyncio.run(post_many())]
+    assert statuses == [201] * 50, node.log()
     # SIGTERM, then serve again from the same data directory.
     # uvicorn finishes in-flight work, then re-raises the signal it caught.
     assert node.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in node.log()
     node.start()
-    listed = httpx.get(f"{node.url}/api/v1/items", headers=headers).json()["items"]
-    assert [i["id"] for i in listed] == [created.json()["id"]]
+    listed = httpx.get(f"{node.url}/api/v1/items", params={"limit": 200}, headers=headers).json()["items"]
+    assert len(listed) == 51 and created.json()["id"] in {i["id"] for i in listed}
     node.stop()
     moved = run_cli("serve", "--data", str(node.data), check=False,
                     env={"AIDNODE_BASE_URL": "http://127.0.0.1:1"})  # fmt: skip

@@ -236,3 +236,16 @@ async def test_oversized_form_is_413(harness):
     browser = await harness.browser("jo")
     response = await browser.post("/items/new", data={"body": "x" * 70_000})
     assert response.status_code == 413
+
+
+async def test_login_is_rate_limited_per_client_address(harness):
+    """Guessing across many accounts from one address is stopped too."""
+    browser = await harness.browser()
+    csrf = csrf_of((await browser.get("/login")).text)
+    for i in range(20):
+        response = await browser.post("/login", data={"username": f"user{i}", "password": "x" * 12,
+                                                      "csrf_token": csrf})  # fmt: skip
+        assert response.status_code == 401
+    blocked = await browser.post("/login", data={"username": "someone", "password": "x" * 12,
+                                                 "csrf_token": csrf})  # fmt: skip
+    assert blocked.status_code == 429
