@@ -56,6 +56,23 @@ class NonceStore(Protocol):
     def remember(self, key_id: str, nonce: str, now: int) -> bool: ...
 
 
+class MemoryNonces:
+    """A NonceStore in memory, for tools and tests (the node keeps its nonces in SQLite, so
+    a restart does not reopen the replay window)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def remember(self, key_id: str, nonce: str, now: int) -> bool:
+        if len(self._seen) > 10_000:
+            self._seen = {k: t for k, t in self._seen.items() if t > now - NONCE_MEMORY_SECONDS}
+        seen_at = self._seen.get((key_id, nonce))
+        if seen_at is not None and seen_at > now - NONCE_MEMORY_SECONDS:
+            return False
+        self._seen[(key_id, nonce)] = now
+        return True
+
+
 class _Signing(HTTPSignatureKeyResolver):
     def __init__(self, key: NodeKey) -> None:
         self.key = key
@@ -74,8 +91,9 @@ class _Lookup(HTTPSignatureKeyResolver):
         return self.lookup(key_id)
 
 
-class _Verifier(HTTPMessageVerifier):
-    """The library's verifier with our window and our clock."""
+class ClockedVerifier(HTTPMessageVerifier):
+    """The library's verifier with the protocol's ±300 s window on `created`, read against an
+    injected clock instead of the wall clock."""
 
     max_clock_skew = CREATED_WINDOW
     require_created = True
@@ -121,24 +139,30 @@ class VerifiedRequest:
     created: int
 
 
+def _message(method: str, target_uri: str, headers: Iterable[tuple[str, str]]) -> httpx.Request:
+    return httpx.Request(method, target_uri, headers=list(headers))
+
+
 def verify_request(
     *, method: str, target_uri: str, headers: Iterable[tuple[str, str]], body: bytes,
-    lookup: Callable[[str], Ed25519PublicKey | None], now: datetime.datetime, nonces: NonceStore,
+    lookup: Callable[[str], Ed25519PublicKey | None], now: datetime.datetime,
+    nonces: NonceStore | None,
 ) -> VerifiedRequest:
     """Verify a received request; return who signed it, or raise SignatureError.
 
     `target_uri` is the receiver's own base_url + path + query. `lookup` gives the public key
     for a key id among pinned peers (or None). The nonce is remembered only after the
-    signature verifies, so a forger cannot burn someone else's nonces.
+    signature verifies, so a forger cannot burn someone else's nonces. With `nonces` None the
+    caller must check `VerifiedRequest.nonce` itself (the node does, in SQLite, asynchronously).
     """
-    message = httpx.Request(method, target_uri, headers=list(headers))
+    message = _message(method, target_uri, headers)
     resolver = _Lookup(lookup)
-    verifier = _Verifier(now=now, signature_algorithm=algorithms.ED25519, key_resolver=resolver)
+    verifier = ClockedVerifier(now=now, signature_algorithm=algorithms.ED25519, key_resolver=resolver)
     required = COVERED_WITH_BODY if body else COVERED
     try:
         [result] = verifier.verify(message, max_age=None, require_components=required, body=body)
     except (InvalidSignature, HTTPMessageSignaturesException, ValueError) as error:
-        raise SignatureError(f"signature refused: {error}") from None
+        raise SignatureError(f"signature refused: {error or 'it does not verify'}") from None
     params = result.parameters
     if set(result.covered_components) - {'"@method"', '"@target-uri"', '"content-digest"', '"@signature-params"'}:
         raise SignatureError("signature refused: it covers components other than the protocol's")
@@ -147,6 +171,6 @@ def verify_request(
         raise SignatureError(f"signature refused: the nonce must be {NONCE_MIN_CHARS} to "
                              f"{NONCE_MAX_CHARS} characters")  # fmt: skip
     key_id = params["keyid"]
-    if not nonces.remember(key_id, nonce, int(now.timestamp())):
+    if nonces is not None and not nonces.remember(key_id, nonce, int(now.timestamp())):
         raise SignatureError("signature refused: this nonce was already used (a replay)")
     return VerifiedRequest(key_id=key_id, nonce=nonce, created=params["created"])
