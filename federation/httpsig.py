@@ -162,7 +162,7 @@ def verify_request(
     try:
         [result] = verifier.verify(message, max_age=None, require_components=required, body=body)
     except (InvalidSignature, HTTPMessageSignaturesException, ValueError) as error:
-        raise SignatureError(f"signature refused: {error or 'it does not verify'}") from None
+        raise SignatureError(f"signature refused: {str(error) or 'it does not verify'}") from None
     params = result.parameters
     if set(result.covered_components) - {'"@method"', '"@target-uri"', '"content-digest"', '"@signature-params"'}:
         raise SignatureError("signature refused: it covers components other than the protocol's")
