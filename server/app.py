@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from federation.timefmt import Clock, system_clock
 
-from . import api, web, wellknown
+from . import api, federation_routes, web, wellknown
 from .config import Config
 from .errors import ClientError
 from .node import Node
@@ -205,6 +205,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     routes = [
         *wellknown.routes,
         *api.routes,
+        *federation_routes.routes,
         *web.routes,
         Mount("/static", app=StaticFiles(directory=static_dir), name="static"),
     ]

@@ -19,7 +19,7 @@ from federation import items as item_rules
 from federation.errors import BaseUrlError, ValidationError
 from federation.identity import node_document, parse_base_url
 from federation.items import N_
-from federation.keys import NodeKey, generate_key, load_key, save_key
+from federation.keys import generate_key, parse_public_key, save_key
 from federation.timefmt import Clock, format_time, system_clock
 
 from . import __version__
@@ -34,6 +34,7 @@ from .config import (
     write_config_file,
 )  # fmt: skip
 from .errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
+from .feed import ChainProblem, Feed, check_feed, node_keys
 from .store import ItemQuery, ItemRow, Store, User
 
 log = logging.getLogger("aidnode")
@@ -141,7 +142,7 @@ class Node:
         self.config = config
         self.clock = clock
         self.store: Store | None = None
-        self.key: NodeKey | None = None
+        self.feed: Feed | None = None
         self.passwords = Passwords()
         self.login_by_account = RateLimiter(LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW_SECONDS)
         self.login_by_address = RateLimiter(LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_SECONDS)
@@ -150,7 +151,6 @@ class Node:
     # ------------------------------------------------------------------------ life
 
     async def start(self) -> None:
-        self.key = load_key(self.config.keys_dir / "main.pem", "main")
         self.store = await Store.open(self.config.database_path)
         stored = await self.store.get_meta("base_url")
         if stored is None:
@@ -161,6 +161,10 @@ class Node:
                 f"base_url is {self.config.base_url} but this node was created as {stored}; "
                 "item ids embed it, so it cannot change (unset AIDNODE_BASE_URL)"
             )
+        self.feed = Feed(self.config.base_url, self.config.keys_dir)
+        self.store.feed = self.feed
+        async with self.store.write() as db:
+            await self.feed.ensure_first_key(db)
 
     async def close(self) -> None:
         if self.store is not None:
@@ -173,12 +177,29 @@ class Node:
     def now_text(self) -> str:
         return format_time(self.clock())
 
-    def node_document(self) -> dict:
+    async def node_document(self) -> dict:
+        async with self.store.read() as db:
+            keys = await node_keys(db)
         return node_document(
             base_url=self.config.base_url, name=self.config.name,
-            description=self.config.description, keys=[(self.key.name, self.key.public, None)],
-            version=__version__,
+            description=self.config.description, version=__version__,
+            keys=[(name, parse_public_key(public), retired) for name, public, _, retired in keys],
         )  # fmt: skip
+
+    async def rotate_key(self) -> dict:
+        """Hand the feed over to a new signing key (a `key` entry signed by the old one)."""
+        async with self.store.write() as db:
+            _, entry = await self.feed.rotate_key(db, at=self.now_text())
+        return entry
+
+    async def check(self) -> dict:
+        """Verify the database, the whole chain and every federated item against its entry."""
+        async with self.store.read() as db:
+            async with db.execute("PRAGMA integrity_check") as cursor:
+                (result,) = await cursor.fetchone()
+            if result != "ok":
+                raise ChainProblem(f"the database is damaged: {result}")
+            return await check_feed(db, self.config.base_url)
 
     # ------------------------------------------------------------------------ accounts
 
@@ -366,7 +387,7 @@ class Node:
         async with self.store.write() as db:
             await self.store.write_item(
                 db, state, origin=self.config.base_url, is_local=True, owner_id=user.id,
-                escalation=escalation, share_author=share_author,
+                escalation=escalation, share_author=share_author, now=self.now_text(),
             )  # fmt: skip
             row = await self.store.item_in(db, state["id"])
         return self.view(row, user)
@@ -407,6 +428,7 @@ class Node:
             await self.store.write_item(
                 db, state or row.state, origin=self.config.base_url, is_local=True,
                 owner_id=row.owner_id, escalation=escalation, share_author=share_author,
+                now=self.now_text(),
             )  # fmt: skip
             if row.owner_id != user.id:
                 await self.store.audit(
@@ -432,6 +454,7 @@ class Node:
                 await self.store.write_item(
                     db, state, origin=row.origin, is_local=True, owner_id=row.owner_id,
                     escalation=row.escalation, share_author=row.share_author,
+                    now=format_time(now),
                 )  # fmt: skip
                 expired += 1
         return expired

@@ -7,21 +7,29 @@ Every route of the app is an `AccessRoute` with a `surface` and an `access` leve
 - surface `api`: JSON for programs. Identified only by `Authorization: Bearer <token>` (never
   by cookie, so no CSRF token is needed); no token → 401.
 - surface `public`: machine-readable documents anyone may read (node document, health).
+- surface `federation`: requests from other nodes, identified only by their RFC 9421
+  signature (see `federation.httpsig`); any failed check is 401.
 
 `access` is `anyone`, `member`, `coordinator`, `admin`, `loopback_or_admin`, or
-`visitor_if_public` (anyone while the admin has `public_offers` on, members otherwise). The wrapper checks
+`visitor_if_public` (anyone while the admin has `public_offers` on, members otherwise), and for
+federation routes `trusted_node` (a signed request from a node this one trusts) or
+`feed_reader` (a trusted node, or anyone while `feed_public` is on). The wrapper checks
 it before the handler runs, and the route × role test matrix is generated from these
 declarations, so a route cannot be added without saying who may use it.
 """
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from federation.errors import ProtocolError
+from federation.httpsig import NONCE_MEMORY_SECONDS, SignatureError, verify_request
 from federation.items import N_
+from federation.keys import parse_public_key
 
 from .accounts import new_secret, same_secret
 from .errors import ClientError, Forbidden, PayloadTooLarge, Unauthorized
@@ -29,8 +37,9 @@ from .node import ROLES, has_role
 
 ACCESS_LEVELS = (
     "anyone", "visitor_if_public", "member", "coordinator", "admin", "loopback_or_admin",
+    "trusted_node", "feed_reader",
 )  # fmt: skip
-SURFACES = ("page", "api", "public")
+SURFACES = ("page", "api", "public", "federation")
 FORM_MAX_FIELDS = 100
 FORM_MAX_PART = 64 * 1024
 
@@ -49,12 +58,65 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def identify(request: Request, surface: str) -> None:
-    """Set `request.state.user` (or None) and, for pages, `request.state.csrf_token`."""
+async def identify_node(request: Request) -> "SignedBy":
+    """Verify a request from another node (DESIGN §4.4); raise Unauthorized on any failure.
+
+    `@target-uri` is rebuilt from this node's own base_url and the raw path and query, never
+    from Host or X-Forwarded-*. Keys come only from trusted, pinned peers; the nonce is
+    remembered in the database so a replay is refused even after a restart.
+    """
+    node = request.app.state.node
+    raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+    query = request.scope.get("query_string", b"")
+    target = node.config.base_url + raw_path.decode("latin-1")
+    if query:
+        target += "?" + query.decode("latin-1")
+    keys = await node.store.trusted_keys()
+
+    def lookup(key_id: str):
+        found = keys.get(key_id)
+        return None if found is None else parse_public_key(found[1])
+
+    body = await request.body()
+    now = node.now()
+    try:
+        verified = verify_request(
+            method=request.method, target_uri=target, headers=request.headers.items(), body=body,
+            lookup=lookup, now=now, nonces=None,
+        )  # fmt: skip
+    except (SignatureError, ProtocolError) as error:
+        raise Unauthorized(str(error)) from None
+    if not await node.store.remember_nonce(
+        verified.key_id, verified.nonce, int(now.timestamp()), NONCE_MEMORY_SECONDS
+    ):
+        raise Unauthorized("signature refused: this nonce was already used (a replay)")
+    peer_id = keys[verified.key_id][0]
+    return SignedBy(peer_id=peer_id, node=verified.key_id.rsplit("#", 1)[0], key_id=verified.key_id)
+
+
+@dataclass(frozen=True)
+class SignedBy:
+    """The node that signed a federation request."""
+
+    peer_id: int
+    node: str
+    key_id: str
+
+
+async def identify(request: Request, surface: str, access: str = "anyone") -> None:
+    """Set `request.state.user` (or None) and, for pages, `request.state.csrf_token`; for
+    federation routes, `request.state.peer` (or None)."""
     node = request.app.state.node
     request.state.user = None
+    request.state.peer = None
     request.state.csrf_token = None
     request.state.new_csrf_cookie = None
+    if surface == "federation":
+        signed = "signature" in request.headers or "signature-input" in request.headers
+        if access == "feed_reader" and node.config.feed_public and not signed:
+            return
+        request.state.peer = await identify_node(request)
+        return
     if surface == "api" or (surface == "public" and "authorization" in request.headers):
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -88,6 +150,10 @@ def allowed(request: Request, access: str) -> bool:
         return True
     if access == "visitor_if_public":
         return request.app.state.node.config.public_offers or has_role(user, "member")
+    if access == "trusted_node":
+        return request.state.peer is not None
+    if access == "feed_reader":
+        return request.state.peer is not None or request.app.state.node.config.feed_public
     if access == "loopback_or_admin":
         host = request.client.host if request.client else ""
         return host in ("127.0.0.1", "::1") or has_role(user, "admin")
@@ -123,7 +189,7 @@ class AccessRoute(Route):
         self.access = access
 
         async def endpoint(request: Request) -> Response:
-            await identify(request, surface)
+            await identify(request, surface, access)
             if not allowed(request, access):
                 if request.state.user is None and surface == "page":
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -155,6 +221,11 @@ def api(path: str, handler: Handler, access: str, methods=("GET",), name=None) -
 
 def public(path: str, handler: Handler, access: str = "anyone", methods=("GET",), name=None):
     return AccessRoute(path, handler, surface="public", access=access, methods=methods, name=name)
+
+
+def federation(path: str, handler: Handler, access: str, methods=("GET",), name=None):
+    return AccessRoute(path, handler, surface="federation", access=access, methods=methods,
+                       name=name)  # fmt: skip
 
 
 __all__ = ["ROLES", "AccessRoute", "api", "page", "public"]

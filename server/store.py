@@ -7,8 +7,8 @@ with bound parameters. The schema changes only through the numbered files in
 `server/migrations/`, applied in order at start.
 
 Every item write goes through `Store.write_item`, inside the caller's write transaction: the
-one place where an item's row, its search index and (with signed feeds) its feed entry change
-together, so a crash never leaves one without the other.
+one place where an item's row, its search index and its feed entry change together, so a
+crash never leaves one without the other.
 """
 
 import asyncio
@@ -111,6 +111,8 @@ class Store:
         self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
+        # The node's feed (server.feed.Feed), set by the node: write_item appends through it.
+        self.feed = None
 
     @classmethod
     async def open(cls, path: Path, *, readers: int = READERS) -> "Store":
@@ -384,11 +386,19 @@ class Store:
     async def write_item(
         self, db: aiosqlite.Connection, state: dict, *, origin: str, is_local: bool,
         owner_id: int | None = None, escalation: str | None = None, share_author: bool = False,
+        now: str | None = None,
     ) -> None:
         """Insert or replace an item's stored state, inside the caller's write transaction.
 
-        The single path for every item write (see the module docstring).
+        The single path for every item write (see the module docstring). A local item whose
+        reach is not `local` gets a feed entry carrying its new state whenever its version
+        moves; node-local notes (escalation, share_author) change no version and add no entry.
         """
+        publish = False
+        if is_local and state["reach"] != "local":
+            async with db.execute("SELECT version FROM items WHERE id = ?", (state["id"],)) as cur:
+                held = await cur.fetchone()
+            publish = held is None or held[0] < state["version"]
         location = state.get("location", {})
         await db.execute(
             "INSERT INTO items (id, uuid, origin, is_local, kind, category, status, reach,"
@@ -410,6 +420,8 @@ class Store:
                 owner_id, escalation, int(share_author),
             ),
         )  # fmt: skip
+        if publish:
+            await self.feed.append(db, "item", state, at=now or state["updated"], item_id=state["id"])
 
     async def item_in(self, db: aiosqlite.Connection, item_id: str) -> ItemRow | None:
         """An item read inside a write transaction (so a change sees the latest state)."""
@@ -440,6 +452,26 @@ class Store:
     async def list_items(self, query: "ItemQuery") -> list[ItemRow]:
         sql, params = query.sql()
         return [_item(row) for row in await self.fetch_all(sql, params)]
+
+    # ------------------------------------------------------------------------ federation
+
+    async def trusted_keys(self) -> dict[str, tuple[int, str]]:
+        """Current (unretired) pinned keys of trusted nodes: key id → (peer id, public key)."""
+        rows = await self.fetch_all(
+            "SELECT k.key_id, k.peer_id, k.public FROM peer_keys k JOIN peers p ON p.id = k.peer_id"
+            " WHERE p.trust = 'trusted' AND k.retired_at_seq IS NULL"
+        )
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    async def remember_nonce(self, key_id: str, nonce: str, now: int, window: int) -> bool:
+        """Record a request nonce; False if the same key used it within `window` seconds."""
+        async with self.write() as db:
+            await db.execute("DELETE FROM seen_nonces WHERE seen_at <= ?", (now - window,))
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO seen_nonces (key_id, nonce, seen_at) VALUES (?, ?, ?)",
+                (key_id, nonce, now),
+            )
+            return cursor.rowcount == 1
 
     async def count_items(self) -> dict[str, int]:
         rows = await self.fetch_all(

@@ -7,7 +7,7 @@ from .routing import public
 
 
 async def node_document(request: Request) -> Response:
-    return JSONResponse(request.app.state.node.node_document(),
+    return JSONResponse(await request.app.state.node.node_document(),
                         headers={"Cache-Control": "public, max-age=300"})  # fmt: skip
 
 

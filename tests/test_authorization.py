@@ -42,6 +42,7 @@ EXPECTED = {
     ("GET", "/api/v1/openapi.json"): "anyone",
     ("GET", "/.well-known/aidnode"): "anyone",
     ("GET", "/healthz"): "anyone",
+    ("GET", "/federation/feed"): "feed_reader",
 }
 # Routes on one item that only its poster or a coordinator may use: the item in the matrix
 # belongs to someone else, so a plain member is refused (403) there.
@@ -65,6 +66,8 @@ def may(access: str, role: str | None, public_offers: bool) -> bool:
         return True
     if access == "visitor_if_public":
         return public_offers or role is not None
+    if access in ("feed_reader", "trusted_node"):
+        return False  # only other nodes, by signature (tests/test_feed.py); people never
     return RANK[role] >= RANK[access]
 
 
@@ -100,7 +103,7 @@ async def test_route_role_matrix(harness_factory, public_offers):
                 if (method, path) in {("POST", "/logout")}:
                     continue  # checked below, last, since it ends the session
                 url = path.format(**params)
-                client = api if route.surface in ("api", "public") else browser
+                client = api if route.surface in ("api", "public", "federation") else browser
                 kwargs = {}
                 if method == "POST":
                     kwargs["data"] = {"csrf_token": csrf}
@@ -123,7 +126,7 @@ async def test_route_role_matrix(harness_factory, public_offers):
                 elif role is None and route.surface == "page":
                     assert response.status_code == 303, cell
                     assert response.headers["location"].startswith("/login?next="), cell
-                elif role is None:
+                elif role is None or route.surface == "federation":
                     assert response.status_code == 401, cell
                 else:
                     assert response.status_code == 403, cell

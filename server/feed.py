@@ -1,0 +1,227 @@
+"""The node's own signed feed: appending entries, reading pages of it, rotating keys, and
+checking the whole chain (DESIGN §4.2–4.3).
+
+Appends happen inside the caller's write transaction (see `Store.write_item`): the entry and the
+change it records commit together or not at all. The signing key is read from the database in
+that same transaction, so a key rotated by `aidnode key rotate` while the node is serving takes
+effect at the very next entry, and the chain never mixes keys out of order.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from federation import items as item_rules
+from federation.entries import (
+    ChainState,
+    EntryError,
+    canonical,
+    check_key_entry,
+    entry_hash,
+    key_entry_body,
+    sign_entry,
+)  # fmt: skip
+from federation.errors import ProtocolError
+from federation.keys import (
+    NodeKey,
+    generate_key,
+    load_key,
+    parse_public_key,
+    public_key_text,
+    save_key,
+)
+
+FEED_LIMIT_DEFAULT = 100
+FEED_LIMIT_MAX = 1000
+FEED_MAX_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: str | None
+
+    def to_json(self) -> dict:
+        return {"seq": self.seq, "hash": self.hash}
+
+
+class Feed:
+    """Appends to and reads from one node's feed. Keys are files in `keys_dir`."""
+
+    def __init__(self, base_url: str, keys_dir: Path) -> None:
+        self.base_url = base_url
+        self.keys_dir = keys_dir
+        self._keys: dict[str, NodeKey] = {}
+
+    def key(self, name: str) -> NodeKey:
+        key = self._keys.get(name)
+        if key is None:
+            key = load_key(self.keys_dir / f"{name}.pem", name)
+            self._keys[name] = key
+        return key
+
+    async def ensure_first_key(self, db: aiosqlite.Connection) -> None:
+        """A node made before feeds existed gets its key recorded as the first key."""
+        async with db.execute("SELECT count(*) FROM node_keys") as cursor:
+            (count,) = await cursor.fetchone()
+        if count == 0:
+            await db.execute(
+                "INSERT INTO node_keys (name, public, first_seq) VALUES ('main', ?, 1)",
+                (public_key_text(self.key("main").public),),
+            )
+
+    async def current_key(self, db: aiosqlite.Connection) -> NodeKey:
+        async with db.execute("SELECT name FROM node_keys WHERE retired_at_seq IS NULL") as cursor:
+            row = await cursor.fetchone()
+        return self.key(row[0])
+
+    @staticmethod
+    async def head(db: aiosqlite.Connection) -> Head:
+        async with db.execute("SELECT seq, hash FROM feed ORDER BY seq DESC LIMIT 1") as cursor:
+            row = await cursor.fetchone()
+        return Head(0, None) if row is None else Head(row[0], row[1])
+
+    async def append(
+        self, db: aiosqlite.Connection, type: str, body: dict, *, at: str,
+        item_id: str | None = None, key: NodeKey | None = None,
+    ) -> dict:
+        """Sign and append one entry inside the caller's write transaction."""
+        head = await self.head(db)
+        entry = sign_entry(
+            origin=self.base_url, seq=head.seq + 1, prev=head.hash, type=type, at=at, body=body,
+            key=key or await self.current_key(db),
+        )  # fmt: skip
+        await db.execute(
+            "INSERT INTO feed (seq, hash, type, item_id, at, entry) VALUES (?, ?, ?, ?, ?, ?)",
+            (entry["seq"], entry_hash(entry), type, item_id, at, canonical(entry).decode("utf-8")),
+        )
+        return entry
+
+    async def rotate_key(self, db: aiosqlite.Connection, *, at: str) -> tuple[NodeKey, dict]:
+        """Append a `key` entry, signed by the current key, that hands over to a new key."""
+        old = await self.current_key(db)
+        async with db.execute("SELECT count(*) FROM node_keys") as cursor:
+            (count,) = await cursor.fetchone()
+        name = f"key{count + 1}"
+        new = generate_key(name)
+        path = self.keys_dir / f"{name}.pem"
+        save_key(new, path)  # refuses to overwrite; removed again if the transaction fails
+        try:
+            seq = (await self.head(db)).seq + 1
+            entry = await self.append(db, "key", key_entry_body(self.base_url, seq, new), at=at, key=old)
+            await db.execute("UPDATE node_keys SET retired_at_seq = ? WHERE name = ?", (seq, old.name))
+            await db.execute(
+                "INSERT INTO node_keys (name, public, first_seq) VALUES (?, ?, ?)",
+                (name, public_key_text(new.public), seq + 1),
+            )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self._keys[name] = new
+        return new, entry
+
+
+async def node_keys(db: aiosqlite.Connection) -> list[tuple[str, str, int, int | None]]:
+    """(name, public, first_seq, retired_at_seq) of every key, oldest first."""
+    async with db.execute(
+        "SELECT name, public, first_seq, retired_at_seq FROM node_keys ORDER BY first_seq"
+    ) as cursor:
+        return [tuple(row) for row in await cursor.fetchall()]
+
+
+async def read_page(db: aiosqlite.Connection, after: int, limit: int) -> tuple[list[str], Head]:
+    """Canonical texts of up to `limit` entries after `after`, at most FEED_MAX_BYTES in all
+    (always at least one entry if there is one), and the feed's head."""
+    head = await Feed.head(db)
+    texts: list[str] = []
+    size = 0
+    async with db.execute(
+        "SELECT entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    ) as cursor:
+        async for (text,) in cursor:
+            size += len(text.encode("utf-8")) + 1
+            if texts and size > FEED_MAX_BYTES - 512:
+                break
+            texts.append(text)
+    return texts, head
+
+
+def page_json(origin: str, texts: list[str], head: Head) -> bytes:
+    """The feed response, built from stored canonical texts without re-parsing them."""
+    prefix = json.dumps({"origin": origin, "head": head.to_json()}, separators=(",", ":"))[:-1]
+    return f'{prefix},"entries":[{",".join(texts)}]}}'.encode()
+
+
+class ChainProblem(Exception):
+    """What `aidnode check` found wrong, first problem only."""
+
+
+async def iter_entries(db: aiosqlite.Connection, batch: int = 1000) -> AsyncIterator[tuple]:
+    after = 0
+    while True:
+        async with db.execute(
+            "SELECT seq, hash, type, item_id, entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, batch),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        if not rows:
+            return
+        for row in rows:
+            yield tuple(row)
+        after = rows[-1][0]
+
+
+async def check_feed(db: aiosqlite.Connection, base_url: str) -> dict:
+    """Re-verify the whole chain and that every federated local item's state is its latest
+    entry. Raises ChainProblem with the first problem; returns counts when all is well."""
+    keys = await node_keys(db)
+    if not keys:
+        raise ChainProblem("the node has no keys recorded")
+    first_name, first_public, _, _ = keys[0]
+    state = ChainState(base_url, 0, None, f"{base_url}#{first_name}", parse_public_key(first_public))
+    latest: dict[str, dict] = {}
+    count = 0
+    async for seq, stored_hash, type_, item_id, text in iter_entries(db):
+        try:
+            entry = json.loads(text)
+            if canonical(entry).decode("utf-8") != text:
+                raise ChainProblem(f"entry {seq} is not stored in canonical form")
+            state.accept(entry)
+        except (EntryError, ProtocolError, ValueError) as error:
+            raise ChainProblem(f"entry {seq}: {error}") from None
+        if entry["seq"] != seq or entry_hash(entry) != stored_hash or entry["type"] != type_:
+            raise ChainProblem(f"entry {seq}: the stored seq, hash or type does not match it")
+        if type_ == "key":
+            key_id, public = check_key_entry(entry)
+            recorded = {f"{base_url}#{n}": (p, first) for n, p, first, _ in keys}
+            if key_id not in recorded or recorded[key_id] != (public_key_text(public), seq + 1):
+                raise ChainProblem(f"entry {seq}: the key it hands over to is not the one recorded")
+        if type_ == "item":
+            if entry["body"].get("id") != item_id:
+                raise ChainProblem(f"entry {seq}: the stored item id does not match its body")
+            latest[item_id] = entry["body"]
+        count += 1
+    if keys[-1][0] != state.key_id.rsplit("#", 1)[1]:
+        raise ChainProblem("the current key is not the one the chain hands over to")
+    async with db.execute(
+        "SELECT id, state, reach FROM items WHERE is_local ORDER BY id"
+    ) as cursor:
+        rows = await cursor.fetchall()
+    federated = 0
+    for item_id, text, reach in rows:
+        item_state = json.loads(text)
+        if reach == "local":
+            if item_id in latest:
+                raise ChainProblem(f"item {item_id} is local but has feed entries")
+            continue
+        federated += 1
+        if latest.get(item_id) != item_state:
+            raise ChainProblem(f"item {item_id}: its stored state is not its latest feed entry")
+        item_rules.validate_state(item_state, origin=base_url)
+    stray = set(latest) - {row[0] for row in rows}
+    if stray:
+        raise ChainProblem(f"feed entries for an item the node does not hold: {sorted(stray)[0]}")
+    return {"entries": count, "federated_items": federated, "keys": len(keys)}
