@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from federation.errors import ProtocolError
+from federation.keys import fingerprint, parse_public_key
 
 from . import __version__
 from .config import DEFAULT_DATA_DIR, ConfigError, load_config
 from .errors import ClientError
+from .feed import ChainProblem
 from .node import ROLES, Node, NodeExists, init_node
 from .store import StoreError
 
@@ -118,6 +120,25 @@ def cmd_invite(args: argparse.Namespace) -> None:
     print(link)
 
 
+def cmd_key_rotate(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.data))
+    entry = _with_node(config, lambda node: node.rotate_key())
+    new_key = entry["body"]["key"]
+    print(f"rotated: entry {entry['seq']} hands the feed from {entry['key']} to {new_key['id']}")
+    print("new key fingerprint (tell your allies, to compare out of band):", file=sys.stderr)
+    print(fingerprint(parse_public_key(new_key["public"])))
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.data))
+    try:
+        counts = _with_node(config, lambda node: node.check())
+    except ChainProblem as problem:
+        raise CliError(f"problem: {problem}") from None
+    print(f"ok: {counts['entries']} entries verify as one chain under {counts['keys']} key(s); "
+          f"{counts['federated_items']} federated items match their latest entries")  # fmt: skip
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
@@ -185,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("invite", cmd_invite, "Print a one-time invite link.")
     sub.add_argument("--role", choices=ROLES, default="member")
+
+    key = commands.add_parser("key", help="Manage the node's signing key.")
+    key_commands = key.add_subparsers(dest="key_command", required=True, metavar="KEY_COMMAND")
+    sub = key_commands.add_parser("rotate", help="Sign over the feed to a new key.",
+                                  description="Append a key entry, signed by the current key, "
+                                  "that hands the feed over to a new key.")  # fmt: skip
+    sub.add_argument("--data", default=DEFAULT_DATA_DIR, help="the node's data directory")
+    sub.set_defaults(func=cmd_key_rotate)
+
+    command("check", cmd_check, "Verify the node's database, its whole feed chain and its items.")
     return parser
 
 
