@@ -66,13 +66,24 @@ def sign_entry(
     *, origin: str, seq: int, prev: str | None, type: str, at: str, body: dict, key: NodeKey
 ) -> dict:
     """Build and sign an entry. Raises EntryError if it would be too large."""
+    return sign_entry_encoded(origin=origin, seq=seq, prev=prev, type=type, at=at, body=body,
+                              key=key)[0]  # fmt: skip
+
+
+def sign_entry_encoded(
+    *, origin: str, seq: int, prev: str | None, type: str, at: str, body: dict, key: NodeKey
+) -> tuple[dict, bytes]:
+    """Build and sign an entry; return it with its canonical bytes (what is stored, served
+    and hashed), so a writer canonicalizes each entry only twice: to sign, and to store."""
     entry = {"v": VERSION, "origin": origin, "seq": seq, "prev": prev, "type": type, "at": at,
              "body": body, "key": key.key_id(origin)}  # fmt: skip
     entry["sig"] = b64url_encode(key.sign(signing_input(entry)))
-    size = len(canonical(entry))
-    if size > MAX_ENTRY_BYTES[type]:
-        raise EntryError(f"a {type} entry is at most {MAX_ENTRY_BYTES[type]} bytes; this one is {size}")
-    return entry
+    encoded = canonical(entry)
+    if len(encoded) > MAX_ENTRY_BYTES[type]:
+        raise EntryError(
+            f"a {type} entry is at most {MAX_ENTRY_BYTES[type]} bytes; this one is {len(encoded)}"
+        )
+    return entry, encoded
 
 
 def check_shape(entry: object, *, origin: str | None = None) -> dict:

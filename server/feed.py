@@ -21,8 +21,9 @@ from federation.entries import (
     canonical,
     check_key_entry,
     entry_hash,
+    hash_bytes,
     key_entry_body,
-    sign_entry,
+    sign_entry_encoded,
 )  # fmt: skip
 from federation.errors import ProtocolError
 from federation.keys import (
@@ -78,6 +79,17 @@ class Feed:
             row = await cursor.fetchone()
         return self.key(row[0])
 
+    async def _head_and_key(self, db: aiosqlite.Connection) -> tuple[Head, NodeKey]:
+        """Both in one query: read inside the write transaction, never cached, so another
+        process (`aidnode key rotate`) appending or rotating is always seen."""
+        async with db.execute(
+            "SELECT (SELECT seq FROM feed ORDER BY seq DESC LIMIT 1),"
+            " (SELECT hash FROM feed ORDER BY seq DESC LIMIT 1),"
+            " (SELECT name FROM node_keys WHERE retired_at_seq IS NULL)"
+        ) as cursor:
+            seq, hash_, name = await cursor.fetchone()
+        return Head(seq or 0, hash_), self.key(name)
+
     @staticmethod
     async def head(db: aiosqlite.Connection) -> Head:
         async with db.execute("SELECT seq, hash FROM feed ORDER BY seq DESC LIMIT 1") as cursor:
@@ -89,14 +101,14 @@ class Feed:
         item_id: str | None = None, key: NodeKey | None = None,
     ) -> dict:
         """Sign and append one entry inside the caller's write transaction."""
-        head = await self.head(db)
-        entry = sign_entry(
+        head, current = await self._head_and_key(db)
+        entry, encoded = sign_entry_encoded(
             origin=self.base_url, seq=head.seq + 1, prev=head.hash, type=type, at=at, body=body,
-            key=key or await self.current_key(db),
+            key=key or current,
         )  # fmt: skip
         await db.execute(
             "INSERT INTO feed (seq, hash, type, item_id, at, entry) VALUES (?, ?, ?, ?, ?, ?)",
-            (entry["seq"], entry_hash(entry), type, item_id, at, canonical(entry).decode("utf-8")),
+            (entry["seq"], hash_bytes(encoded), type, item_id, at, encoded.decode("utf-8")),
         )
         return entry
 
