@@ -82,12 +82,12 @@ class Feed:
     async def _head_and_key(self, db: aiosqlite.Connection) -> tuple[Head, NodeKey]:
         """Both in one query: read inside the write transaction, never cached, so another
         process (`aidnode key rotate`) appending or rotating is always seen."""
-        async with db.execute(
+        rows = await db.execute_fetchall(
             "SELECT (SELECT seq FROM feed ORDER BY seq DESC LIMIT 1),"
             " (SELECT hash FROM feed ORDER BY seq DESC LIMIT 1),"
             " (SELECT name FROM node_keys WHERE retired_at_seq IS NULL)"
-        ) as cursor:
-            seq, hash_, name = await cursor.fetchone()
+        )
+        seq, hash_, name = rows[0]
         return Head(seq or 0, hash_), self.key(name)
 
     @staticmethod

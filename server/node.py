@@ -385,11 +385,12 @@ class Node:
             raise Invalid(str(error), field=error.field) from None
         escalation = (inp.escalation or "after_delay") if state["kind"] == "need" else None
         async with self.store.write() as db:
-            await self.store.write_item(
+            row_number = await self.store.write_item(
                 db, state, origin=self.config.base_url, is_local=True, owner_id=user.id,
                 escalation=escalation, share_author=share_author, now=self.now_text(),
             )  # fmt: skip
-            row = await self.store.item_in(db, state["id"])
+        row = ItemRow(state=state, origin=self.config.base_url, is_local=True, owner_id=user.id,
+                      escalation=escalation, share_author=share_author, row=row_number)  # fmt: skip
         return self.view(row, user)
 
     async def change_item(self, user: User, item_uuid: str, data: object) -> ItemView:

@@ -1,7 +1,8 @@
 """The node's SQLite store: one file, WAL mode, one writer, a few readers.
 
 Approach (after Datasette): every write goes through a single connection, serialised by an
-asyncio lock, inside `BEGIN IMMEDIATE … COMMIT`; reads use a small pool of their own
+asyncio lock, inside `BEGIN IMMEDIATE … COMMIT`, with writers that arrive together sharing one
+COMMIT (group commit, see `Store.write`); reads use a small pool of their own
 connections, which WAL lets run beside the writer. SQL is written out here as literal strings
 with bound parameters. The schema changes only through the numbered files in
 `server/migrations/`, applied in order at start.
@@ -24,6 +25,7 @@ from typing import Any
 import aiosqlite
 
 READERS = 4
+MAX_BATCH = 64  # writes committed together at most, so a steady stream still commits often
 
 
 class StoreError(Exception):
@@ -51,6 +53,15 @@ class ItemRow:
     escalation: str | None
     share_author: bool
     row: int
+
+
+class _Batch:
+    """One write transaction shared by the writers that joined it (see `Store.write`)."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.members = 0  # writers whose changes are in it, waiting for its COMMIT
+        self.error: BaseException | None = None
 
 
 def _user(row: aiosqlite.Row | None) -> User | None:
@@ -111,6 +122,8 @@ class Store:
         self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
+        self._batch: _Batch | None = None
+        self._work_waiting = 0  # writers waiting for the lock with changes to make
         # The node's feed (server.feed.Feed), set by the node: write_item appends through it.
         self.feed = None
 
@@ -179,24 +192,130 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction: `BEGIN IMMEDIATE`, then COMMIT, or ROLLBACK on any error."""
-        async with self._write_lock:
-            db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
+        """One atomic write: commits with the caller's changes in it, or raises and changes nothing.
+
+        Group commit: writers that arrive while another is writing add their changes to the
+        same `BEGIN IMMEDIATE` transaction, each inside its own savepoint, and the transaction
+        commits (one fsync) once no one else is waiting or it holds `MAX_BATCH` writes. A
+        writer whose block raises is rolled back to its savepoint and leaves the others' work
+        alone. No writer returns before the COMMIT holding its changes has succeeded; if that
+        COMMIT fails, every writer in the batch raises. A writer cancelled after its block
+        finished may still be committed (as with any cancellation that arrives after COMMIT).
+        """
+        db = self._writer
+        self._work_waiting += 1
+        try:
+            await self._write_lock.acquire()
+        finally:
+            self._work_waiting -= 1
+        try:
+            batch = self._batch
+            if batch is None:
+                await db.execute("BEGIN IMMEDIATE")
+                batch = self._batch = _Batch()
+            # The first writer of a batch needs no savepoint: if it fails, the whole
+            # transaction, which holds nothing else, is rolled back.
+            savepoint = batch.members > 0
+            if savepoint:
+                await db.execute("SAVEPOINT write")
+        except BaseException:
+            await asyncio.shield(self._abandon_if_empty())
+            raise
+        try:
+            yield db
+        except BaseException:
+            await asyncio.shield(self._finish(batch, ok=False, savepoint=savepoint))
+            raise
+        # Shielded: a writer cancelled here still sees its batch committed or ended, so a
+        # transaction is never left open with no one to commit it.
+        await asyncio.shield(self._finish(batch, ok=True, savepoint=savepoint))
+        if batch.error is not None:
+            raise StoreError(f"the change could not be saved: {batch.error}") from batch.error
+
+    async def _finish(self, batch: "_Batch", *, ok: bool, savepoint: bool) -> None:
+        await self._leave(batch, ok=ok, savepoint=savepoint)
+        if ok and batch.open:
+            # Writers joined after us: wait for the turn after theirs; the last of them
+            # normally commits, and if none could, we do.
+            async with self._write_lock:
+                if batch.open:
+                    await self._commit(batch)
+
+    async def _leave(self, batch: "_Batch", *, ok: bool, savepoint: bool) -> None:
+        """End one writer's part of the batch; commit it if no one else is waiting to write.
+        Runs holding the write lock, and releases it."""
+        db = self._writer
+        try:
+            if ok:
+                if savepoint:
+                    try:
+                        await db.execute("RELEASE write")
+                    except sqlite3.Error as error:
+                        # Which changes remain is unknowable: end the whole batch.
+                        await self._rollback(batch, error)
+                        return
+                batch.members += 1
+                if self._work_waiting == 0 or batch.members >= MAX_BATCH:
+                    await self._commit(batch)
+                return
+            if not savepoint:  # the batch holds this writer's changes and nothing else
+                await self._rollback(batch, None)
+                return
             try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+                await db.execute("ROLLBACK TO write")
+                await db.execute("RELEASE write")
+            except sqlite3.Error as error:
+                await self._rollback(batch, error)
+                return
+            if not db.in_transaction:
+                # SQLite itself rolled the whole transaction back (a full disk, an I/O error):
+                # the earlier writers' changes went with it.
+                self._close(batch, sqlite3.OperationalError("the transaction was rolled back"))
+            # Otherwise the earlier writers, waiting in `_finish`, see the batch committed.
+        finally:
+            self._write_lock.release()
+
+    async def _abandon_if_empty(self) -> None:
+        """BEGIN or SAVEPOINT failed: end a transaction no one has written in; free the lock."""
+        try:
+            batch = self._batch
+            if batch is None:
+                # A cancelled BEGIN may still run on the connection's thread: wait for it.
+                await self._writer.execute_fetchall("SELECT 1")
+                if self._writer.in_transaction:
+                    await self._writer.execute("ROLLBACK")
+            elif batch.members == 0:
+                await self._rollback(batch, None)
+        finally:
+            self._write_lock.release()
+
+    async def _commit(self, batch: "_Batch") -> None:
+        try:
+            await self._writer.execute("COMMIT")
+        except sqlite3.Error as error:
+            await self._rollback(batch, error)
+            return
+        self._close(batch, None)
+
+    async def _rollback(self, batch: "_Batch", error: BaseException | None) -> None:
+        if self._writer.in_transaction:
+            await self._writer.execute("ROLLBACK")
+        self._close(batch, error)
+
+    def _close(self, batch: "_Batch", error: BaseException | None) -> None:
+        batch.open = False
+        batch.error = error
+        if self._batch is batch:
+            self._batch = None
 
     async def fetch_one(self, sql: str, params: tuple = ()) -> aiosqlite.Row | None:
-        async with self.read() as db, db.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
 
     async def fetch_all(self, sql: str, params: tuple = ()) -> list[aiosqlite.Row]:
-        async with self.read() as db, db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # One trip to the connection's thread (`execute` + `fetchall` + `close` would be three).
+        async with self.read() as db:
+            return list(await db.execute_fetchall(sql, params))
 
     # ------------------------------------------------------------------------ node meta
 
@@ -387,8 +506,9 @@ class Store:
         self, db: aiosqlite.Connection, state: dict, *, origin: str, is_local: bool,
         owner_id: int | None = None, escalation: str | None = None, share_author: bool = False,
         now: str | None = None,
-    ) -> None:
-        """Insert or replace an item's stored state, inside the caller's write transaction.
+    ) -> int:
+        """Insert or replace an item's stored state, inside the caller's write transaction;
+        return its row number.
 
         The single path for every item write (see the module docstring). A local item whose
         reach is not `local` gets a feed entry carrying its new state whenever its version
@@ -396,11 +516,10 @@ class Store:
         """
         publish = False
         if is_local and state["reach"] != "local":
-            async with db.execute("SELECT version FROM items WHERE id = ?", (state["id"],)) as cur:
-                held = await cur.fetchone()
-            publish = held is None or held[0] < state["version"]
+            held = await db.execute_fetchall("SELECT version FROM items WHERE id = ?", (state["id"],))
+            publish = not held or held[0][0] < state["version"]
         location = state.get("location", {})
-        await db.execute(
+        returned = await db.execute_fetchall(
             "INSERT INTO items (id, uuid, origin, is_local, kind, category, status, reach,"
             " urgency, geohash, title, body, tags, created, updated, expires, version, state,"
             " owner_id, escalation, share_author)"
@@ -410,7 +529,8 @@ class Store:
             " geohash = excluded.geohash, title = excluded.title, body = excluded.body,"
             " tags = excluded.tags, updated = excluded.updated, expires = excluded.expires,"
             " version = excluded.version, state = excluded.state,"
-            " escalation = excluded.escalation, share_author = excluded.share_author",
+            " escalation = excluded.escalation, share_author = excluded.share_author"
+            " RETURNING row",
             (
                 state["id"], state["id"].rsplit("/items/", 1)[1], origin, int(is_local),
                 state["kind"], state["category"], state["status"], state["reach"],
@@ -422,12 +542,12 @@ class Store:
         )  # fmt: skip
         if publish:
             await self.feed.append(db, "item", state, at=now or state["updated"], item_id=state["id"])
+        return returned[0][0]
 
     async def item_in(self, db: aiosqlite.Connection, item_id: str) -> ItemRow | None:
         """An item read inside a write transaction (so a change sees the latest state)."""
-        async with db.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)) as cur:
-            row = await cur.fetchone()
-        return None if row is None else _item(row)
+        rows = await db.execute_fetchall(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,))
+        return _item(rows[0]) if rows else None
 
     async def item(self, item_id: str) -> ItemRow | None:
         row = await self.fetch_one(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,))
