@@ -140,7 +140,10 @@ class VerifiedRequest:
 
 
 def _message(method: str, target_uri: str, headers: Iterable[tuple[str, str]]) -> httpx.Request:
-    return httpx.Request(method, target_uri, headers=list(headers))
+    # Field values arrive decoded as Latin-1 (as Starlette does); given str, httpx would encode
+    # them as ASCII and raise on any other byte, even in a field no signature covers.
+    fields = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    return httpx.Request(method, target_uri, headers=fields)
 
 
 def verify_request(
@@ -155,13 +158,13 @@ def verify_request(
     signature verifies, so a forger cannot burn someone else's nonces. With `nonces` None the
     caller must check `VerifiedRequest.nonce` itself (the node does, in SQLite, asynchronously).
     """
-    message = _message(method, target_uri, headers)
     resolver = _Lookup(lookup)
     verifier = ClockedVerifier(now=now, signature_algorithm=algorithms.ED25519, key_resolver=resolver)
     required = COVERED_WITH_BODY if body else COVERED
     try:
+        message = _message(method, target_uri, headers)
         [result] = verifier.verify(message, max_age=None, require_components=required, body=body)
-    except (InvalidSignature, HTTPMessageSignaturesException, ValueError) as error:
+    except (InvalidSignature, HTTPMessageSignaturesException, ValueError, httpx.InvalidURL) as error:
         raise SignatureError(f"signature refused: {str(error) or 'it does not verify'}") from None
     params = result.parameters
     if set(result.covered_components) - {'"@method"', '"@target-uri"', '"content-digest"', '"@signature-params"'}:
