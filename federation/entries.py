@@ -94,7 +94,7 @@ def check_shape(entry: object, *, origin: str | None = None) -> dict:
         missing = sorted(set(ENTRY_FIELDS) - set(entry))
         extra = sorted(set(entry) - set(ENTRY_FIELDS))
         raise EntryError(f"entry fields wrong: missing {missing}, unexpected {extra}")
-    if entry["v"] != VERSION or isinstance(entry["v"], bool):
+    if isinstance(entry["v"], bool) or not isinstance(entry["v"], int) or entry["v"] != VERSION:
         raise EntryError("entry v must be 1")
     if not isinstance(entry["origin"], str) or (origin is not None and entry["origin"] != origin):
         raise EntryError("entry origin is not the expected node")
