@@ -162,9 +162,10 @@ def check_key_entry(entry: dict) -> tuple[str, Ed25519PublicKey]:
     key_doc = body["key"]
     if not isinstance(key_doc, dict) or set(key_doc) != {"id", "type", "public"}:
         raise EntryError("a key entry's key is {id, type, public}")
+    prefix = entry["origin"] + "#"
     if key_doc["type"] != "Ed25519" or not isinstance(key_doc["id"], str) or not key_doc[
         "id"
-    ].startswith(entry["origin"] + "#") or key_doc["id"] == entry["key"]:
+    ].startswith(prefix) or key_doc["id"] in (prefix, entry["key"]):
         raise EntryError("a key entry must name a new Ed25519 key of the origin")
     try:
         public = parse_public_key(key_doc["public"])

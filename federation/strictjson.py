@@ -3,8 +3,9 @@
 Python's `json` module quietly accepts duplicate keys (last one wins), `NaN` and `Infinity`,
 and lone surrogates; two readers of the same bytes could then disagree about what was said.
 Here any of those is an error, the bytes must be UTF-8, and numbers must be integers within
-0..2^53−1 or, for the web API only, plain integers (the protocol has no floats: RFC 8785
-§3.2.2.3 pitfalls).
+±(2^53−1), which every JSON reader holds exactly (the protocol has no floats: RFC 8785
+§3.2.2.3 pitfalls). Each field's own rule then narrows its range: every number in an entry
+is within 0..2^53−1 (seq, v, version, hop_limit are checked where they are read).
 """
 
 import json

@@ -146,18 +146,24 @@ async def node_keys(db: aiosqlite.Connection) -> list[tuple[str, str, int, int |
 
 async def read_page(db: aiosqlite.Connection, after: int, limit: int) -> tuple[list[str], Head]:
     """Canonical texts of up to `limit` entries after `after`, at most FEED_MAX_BYTES in all
-    (always at least one entry if there is one), and the feed's head."""
-    head = await Feed.head(db)
+    (always at least one entry if there is one), and the feed's head.
+
+    Both are read in one read transaction, so the head is never behind the page."""
     texts: list[str] = []
     size = 0
-    async with db.execute(
-        "SELECT entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-    ) as cursor:
-        async for (text,) in cursor:
-            size += len(text.encode("utf-8")) + 1
-            if texts and size > FEED_MAX_BYTES - 512:
-                break
-            texts.append(text)
+    await db.execute("BEGIN")
+    try:
+        head = await Feed.head(db)
+        async with db.execute(
+            "SELECT entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ) as cursor:
+            async for (text,) in cursor:
+                size += len(text.encode("utf-8")) + 1
+                if texts and size > FEED_MAX_BYTES - 512:
+                    break
+                texts.append(text)
+    finally:
+        await db.execute("COMMIT")
     return texts, head
 
 

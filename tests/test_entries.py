@@ -872,6 +872,7 @@ NEXT_PUBLIC = public_key_text(NEXT_KEY.public)
     pytest.param(bad_key_doc(id="https://westside.example#next"), "new Ed25519 key",
                  id="another node's key id"),
     pytest.param(bad_key_doc(id=KEY.key_id(ORIGIN)), "new Ed25519 key", id="the same key id"),
+    pytest.param(bad_key_doc(id=ORIGIN + "#"), "new Ed25519 key", id="a key id with no name"),
     pytest.param(bad_key_doc(public=with_trailing_bits(NEXT_PUBLIC)),
                  "proof does not verify", id="public key with trailing bits"),
     pytest.param(bad_key_doc(public=NEXT_PUBLIC + "="), "proof does not verify",
