@@ -56,6 +56,8 @@ class Feed:
         self.base_url = base_url
         self.keys_dir = keys_dir
         self._keys: dict[str, NodeKey] = {}
+        # (write generation, head, key in force) as the last append left them: see `append`.
+        self._tip: tuple[int, Head, NodeKey] | None = None
 
     def key(self, name: str) -> NodeKey:
         key = self._keys.get(name)
@@ -98,18 +100,33 @@ class Feed:
 
     async def append(
         self, db: aiosqlite.Connection, type: str, body: dict, *, at: str,
-        item_id: str | None = None, key: NodeKey | None = None,
+        item_id: str | None = None, key: NodeKey | None = None, generation: int | None = None,
     ) -> dict:
-        """Sign and append one entry inside the caller's write transaction."""
-        head, current = await self._head_and_key(db)
+        """Sign and append one entry inside the caller's write transaction.
+
+        `generation` is the store's `write_generation` (see `Store.write`): while it is the
+        same as at this feed's last append, the transaction is the same and nothing was rolled
+        back, so the head and key that append left are still the feed's, and are not read
+        again. Without it, they are read.
+        """
+        tip = self._tip
+        if generation is not None and key is None and tip is not None and tip[0] == generation:
+            head, current = tip[1], tip[2]
+        else:
+            head, current = await self._head_and_key(db)
+        self._tip = None
+        signer = key or current
         entry, encoded = sign_entry_encoded(
             origin=self.base_url, seq=head.seq + 1, prev=head.hash, type=type, at=at, body=body,
-            key=key or current,
+            key=signer,
         )  # fmt: skip
+        entry_hash_text = hash_bytes(encoded)
         await db.execute(
             "INSERT INTO feed (seq, hash, type, item_id, at, entry) VALUES (?, ?, ?, ?, ?, ?)",
-            (entry["seq"], hash_bytes(encoded), type, item_id, at, encoded.decode("utf-8")),
+            (entry["seq"], entry_hash_text, type, item_id, at, encoded.decode("utf-8")),
         )
+        if generation is not None and signer is current:
+            self._tip = (generation, Head(entry["seq"], entry_hash_text), current)
         return entry
 
     async def rotate_key(self, db: aiosqlite.Connection, *, at: str) -> tuple[NodeKey, dict]:

@@ -388,6 +388,7 @@ class Node:
             row_number = await self.store.write_item(
                 db, state, origin=self.config.base_url, is_local=True, owner_id=user.id,
                 escalation=escalation, share_author=share_author, now=self.now_text(),
+                held_version=None,
             )  # fmt: skip
         row = ItemRow(state=state, origin=self.config.base_url, is_local=True, owner_id=user.id,
                       escalation=escalation, share_author=share_author, row=row_number)  # fmt: skip
@@ -429,7 +430,7 @@ class Node:
             await self.store.write_item(
                 db, state or row.state, origin=self.config.base_url, is_local=True,
                 owner_id=row.owner_id, escalation=escalation, share_author=share_author,
-                now=self.now_text(),
+                now=self.now_text(), held_version=row.state["version"],
             )  # fmt: skip
             if row.owner_id != user.id:
                 await self.store.audit(
@@ -455,7 +456,7 @@ class Node:
                 await self.store.write_item(
                     db, state, origin=row.origin, is_local=True, owner_id=row.owner_id,
                     escalation=row.escalation, share_author=row.share_author,
-                    now=format_time(now),
+                    now=format_time(now), held_version=row.state["version"],
                 )  # fmt: skip
                 expired += 1
         return expired

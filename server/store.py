@@ -26,6 +26,7 @@ import aiosqlite
 
 READERS = 4
 MAX_BATCH = 64  # writes committed together at most, so a steady stream still commits often
+LOOK_UP = object()  # `write_item`: the stored version is not known to the caller
 
 
 class StoreError(Exception):
@@ -124,6 +125,9 @@ class Store:
         self._all_readers: list[aiosqlite.Connection] = []
         self._batch: _Batch | None = None
         self._work_waiting = 0  # writers waiting for the lock with changes to make
+        # Moves whenever a transaction begins or ends or a writer's savepoint is rolled back,
+        # so a cache of what the transaction holds (the feed's head) knows when to drop it.
+        self.write_generation = 0
         # The node's feed (server.feed.Feed), set by the node: write_item appends through it.
         self.feed = None
 
@@ -212,6 +216,7 @@ class Store:
             batch = self._batch
             if batch is None:
                 await db.execute("BEGIN IMMEDIATE")
+                self.write_generation += 1
                 batch = self._batch = _Batch()
             # The first writer of a batch needs no savepoint: if it fails, the whole
             # transaction, which holds nothing else, is rolled back.
@@ -261,6 +266,7 @@ class Store:
             if not savepoint:  # the batch holds this writer's changes and nothing else
                 await self._rollback(batch, None)
                 return
+            self.write_generation += 1
             try:
                 await db.execute("ROLLBACK TO write")
                 await db.execute("RELEASE write")
@@ -284,6 +290,7 @@ class Store:
                 await self._writer.execute_fetchall("SELECT 1")
                 if self._writer.in_transaction:
                     await self._writer.execute("ROLLBACK")
+                self.write_generation += 1
             elif batch.members == 0:
                 await self._rollback(batch, None)
         finally:
@@ -303,6 +310,7 @@ class Store:
         self._close(batch, error)
 
     def _close(self, batch: "_Batch", error: BaseException | None) -> None:
+        self.write_generation += 1
         batch.open = False
         batch.error = error
         if self._batch is batch:
@@ -505,7 +513,7 @@ class Store:
     async def write_item(
         self, db: aiosqlite.Connection, state: dict, *, origin: str, is_local: bool,
         owner_id: int | None = None, escalation: str | None = None, share_author: bool = False,
-        now: str | None = None,
+        now: str | None = None, held_version: "int | None | object" = LOOK_UP,
     ) -> int:
         """Insert or replace an item's stored state, inside the caller's write transaction;
         return its row number.
@@ -513,11 +521,17 @@ class Store:
         The single path for every item write (see the module docstring). A local item whose
         reach is not `local` gets a feed entry carrying its new state whenever its version
         moves; node-local notes (escalation, share_author) change no version and add no entry.
+        A caller that has just read the item in this transaction passes `held_version` (None
+        for an item it has just made), which saves a query.
         """
         publish = False
         if is_local and state["reach"] != "local":
-            held = await db.execute_fetchall("SELECT version FROM items WHERE id = ?", (state["id"],))
-            publish = not held or held[0][0] < state["version"]
+            if held_version is LOOK_UP:
+                held = await db.execute_fetchall(
+                    "SELECT version FROM items WHERE id = ?", (state["id"],)
+                )
+                held_version = held[0][0] if held else None
+            publish = held_version is None or held_version < state["version"]
         location = state.get("location", {})
         returned = await db.execute_fetchall(
             "INSERT INTO items (id, uuid, origin, is_local, kind, category, status, reach,"
@@ -541,7 +555,8 @@ class Store:
             ),
         )  # fmt: skip
         if publish:
-            await self.feed.append(db, "item", state, at=now or state["updated"], item_id=state["id"])
+            await self.feed.append(db, "item", state, at=now or state["updated"],
+                                   item_id=state["id"], generation=self.write_generation)  # fmt: skip
         return returned[0][0]
 
     async def item_in(self, db: aiosqlite.Connection, item_id: str) -> ItemRow | None:

@@ -1,5 +1,6 @@
 """The node's signed feed: what appends an entry, who may read it, rotation, and `check`."""
 
+import asyncio
 import json
 
 import httpx
@@ -227,3 +228,40 @@ def test_stored_entries_are_canonical_text():
     entry = sign_entry(origin=WEST, seq=1, prev=None, type="item", at="2026-11-24T18:00:00Z",
                        body={"b": 1, "a": "é"}, key=key)  # fmt: skip
     assert canonical(entry).decode() == canonical(json.loads(canonical(entry))).decode()
+
+
+async def test_the_chain_holds_when_writers_in_one_commit_fail_or_rotate_the_key(harness):
+    """Writers sharing a COMMIT append one after another from the head the last one left;
+    one rolled back after appending, or a key rotation among them, leaves no gap or fork."""
+    node = harness.node
+    await harness.add_user("jo")
+    user = await node.store.user_by_username("jo")
+    template = dict((await node.post_item(user, OFFER)).row.state)
+
+    async def post(i: int) -> None:
+        await node.post_item(user, {**OFFER, "title": f"Ramp {i}"})
+
+    async def post_then_fail(i: int) -> None:
+        state = {**template, "id": node.local_id(f"00000000-0000-4000-8000-{i:012d}")}
+        async with node.store.write() as db:
+            await node.store.write_item(db, state, origin=node.config.base_url, is_local=True,
+                                        held_version=None)  # fmt: skip
+            await asyncio.sleep(0.001)  # others queue up behind, into the same batch
+            raise RuntimeError("refused after appending")
+
+    jobs = []
+    for i in range(30):
+        jobs.append(post(i))
+        if i % 7 == 3:
+            jobs.append(post_then_fail(i))
+        if i == 15:
+            jobs.append(node.rotate_key())
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 4 and all(isinstance(f, RuntimeError) for f in failures), failures
+    counts = await node.check()  # the whole chain verifies, every item matches its entry
+    entries = await feed_rows(harness)
+    assert counts["entries"] == len(entries) == 1 + 30 + 1  # template, posts, the key entry
+    assert [e["seq"] for e in entries] == list(range(1, 33))
+    assert sum(e["type"] == "key" for e in entries) == 1
+    assert not any("00000000-0000-4000-8000" in e["body"].get("id", "") for e in entries)
