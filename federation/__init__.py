@@ -10,4 +10,5 @@ server, the tests and a second implementation can all lean on it. `federation` n
 - `encoding`: strict unpadded base64url.
 - `timefmt`: the protocol's time format and an injectable clock.
 - `errors`: the exception tree.
+- `outbound`: the HTTP client to other nodes, with the address guard (§8).
 """

@@ -7,12 +7,13 @@ and never normalised behind the caller's back.
 """
 
 import ipaddress
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .errors import BaseUrlError
-from .keys import public_key_text
+from .errors import BaseUrlError, MalformedError
+from .keys import parse_public_key, public_key_text
 
 PROTOCOL = "aidnode/1"
 SOFTWARE_NAME = "aidnode"
@@ -88,3 +89,79 @@ def node_document(
         "subscriptions": f"{base_url}/federation/subscriptions",
         "software": {"name": SOFTWARE_NAME, "version": version},
     }
+
+
+NAME_MAX = 200
+DESCRIPTION_MAX = 2000
+
+
+@dataclass(frozen=True)
+class NodeDocument:
+    """A node document another node served, checked (see `parse_node_document`)."""
+
+    url: str
+    name: str
+    description: str
+    keys: list[tuple[str, str, int | None]]  # (key id, public key text, retired_at_seq)
+
+    @property
+    def current_key(self) -> tuple[str, str]:
+        key_id, public, _ = self.keys[-1]
+        return key_id, public
+
+
+def parse_node_document(doc: object, url: str) -> NodeDocument:
+    """Check a node document fetched from `url` (its base URL); raise MalformedError saying why.
+
+    The document must speak for the URL it came from, list at least one key, every key an
+    Ed25519 key of that node, exactly one (the last) without `retired_at_seq`, retirements in
+    increasing order; its endpoints must be the protocol's, under the same URL.
+    """
+    def fail(why: str) -> MalformedError:
+        return MalformedError(f"the node document at {url} {why}")
+
+    if not isinstance(doc, dict):
+        raise fail("is not a JSON object")
+    if doc.get("protocol") != PROTOCOL:
+        raise fail(f"does not speak {PROTOCOL}")
+    if doc.get("id") != url:
+        raise fail(f"names another node ({str(doc.get('id'))[:100]})")
+    for field, limit in (("name", NAME_MAX), ("description", DESCRIPTION_MAX)):
+        value = doc.get(field, "" if field == "description" else None)
+        if not isinstance(value, str) or len(value) > limit or (field == "name" and not value.strip()):
+            raise fail(f"has no valid {field} (text of at most {limit} characters)")
+    for endpoint in ("feed", "inbox", "subscriptions"):
+        if doc.get(endpoint) != f"{url}/federation/{endpoint}":
+            raise fail(f"gives an unexpected {endpoint} URL")
+    keys = doc.get("keys")
+    if not isinstance(keys, list) or not 1 <= len(keys) <= 100:
+        raise fail("lists no keys")
+    parsed: list[tuple[str, str, int | None]] = []
+    last_retired = 0
+    for number, key in enumerate(keys, 1):
+        if not isinstance(key, dict) or not {"id", "type", "public"} <= set(key) <= {
+            "id", "type", "public", "retired_at_seq"
+        }:
+            raise fail(f"has a malformed key {number}")
+        key_id, retired = key["id"], key.get("retired_at_seq")
+        if (not isinstance(key_id, str) or not key_id.startswith(url + "#")
+                or len(key_id) == len(url) + 1 or len(key_id) > len(url) + 65):
+            raise fail(f"has a key {number} that is not one of its own")
+        if key["type"] != "Ed25519":
+            raise fail(f"has a key {number} that is not Ed25519")
+        try:
+            parse_public_key(key["public"])
+        except (MalformedError, ValueError):
+            raise fail(f"has a key {number} whose public key is malformed") from None
+        is_last = number == len(keys)
+        if is_last != (retired is None):
+            raise fail("must list its retired keys first and its one current key last")
+        if retired is not None:
+            if type(retired) is not int or not last_retired < retired <= 2**53 - 1:
+                raise fail(f"has a key {number} with a bad retired_at_seq")
+            last_retired = retired
+        parsed.append((key_id, key["public"], retired))
+    if len({key_id for key_id, _, _ in parsed}) != len(parsed):
+        raise fail("lists a key twice")
+    return NodeDocument(url=url, name=doc["name"].strip(), description=doc.get("description", ""),
+                        keys=parsed)  # fmt: skip

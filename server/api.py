@@ -11,7 +11,8 @@ from federation.encoding import b64url_encode
 from federation.errors import MalformedError
 from federation.strictjson import loads_strict
 
-from .errors import ClientError, NotFound, UnsupportedMediaType
+from .allies import peer_json
+from .errors import ClientError, Invalid, NotFound, UnsupportedMediaType
 from .node import has_role
 from .openapi import openapi_document
 from .routing import api, public
@@ -149,6 +150,48 @@ async def patch_item(request: Request) -> Response:
     return JSONResponse(view.to_json())
 
 
+async def _peers_json(node, peers) -> list[dict]:
+    prints = await node.allies.fingerprints()
+    return [peer_json(peer, prints.get(peer.id)) for peer in peers]
+
+
+async def list_peers(request: Request) -> Response:
+    node = request.app.state.node
+    return JSONResponse({"peers": await _peers_json(node, await node.store.peers())})
+
+
+async def add_peer(request: Request) -> Response:
+    node = request.app.state.node
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"url"}:
+        raise Invalid("send {\"url\": <the node's base URL>}", field="url")
+    peer, created = await node.allies.add_peer(body["url"], request.state.user)
+    [shown] = await _peers_json(node, [peer])
+    return JSONResponse(shown, status_code=201 if created else 200)
+
+
+PEER_FIELDS = {"trust": str, "relay": bool, "follow": bool}
+
+
+async def patch_peer(request: Request) -> Response:
+    node = request.app.state.node
+    raw_id = request.path_params["id"]
+    if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 15:
+        raise NotFound("no such peer")
+    body = await read_json(request)
+    if not isinstance(body, dict) or not body:
+        raise Invalid("send an object with any of: trust, relay, follow")
+    for name, value in body.items():
+        if name not in PEER_FIELDS:
+            raise Invalid(f"unknown field {name!r}: only trust, relay, follow", field=name)
+        if type(value) is not PEER_FIELDS[name]:
+            raise Invalid(f"{name} must be a {'string' if PEER_FIELDS[name] is str else 'boolean'}",
+                          field=name)  # fmt: skip
+    peer = await node.allies.set_peer(int(raw_id), request.state.user, **body)
+    [shown] = await _peers_json(node, [peer])
+    return JSONResponse(shown)
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(request.app.state.node))
 
@@ -158,5 +201,8 @@ routes = [
     api("/api/v1/items", create_item, "member", methods=("POST",), name="api_create_item"),
     api("/api/v1/items/{uuid}", get_item, "member", methods=("GET",), name="api_item"),
     api("/api/v1/items/{uuid}", patch_item, "member", methods=("PATCH",), name="api_patch_item"),
+    api("/api/v1/peers", list_peers, "admin", methods=("GET",), name="api_peers"),
+    api("/api/v1/peers", add_peer, "admin", methods=("POST",), name="api_add_peer"),
+    api("/api/v1/peers/{id}", patch_peer, "admin", methods=("PATCH",), name="api_patch_peer"),
     public("/api/v1/openapi.json", openapi, name="openapi"),
 ]

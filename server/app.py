@@ -190,7 +190,10 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
-        tasks = [asyncio.create_task(_expire_periodically(node))] if workers else []
+        tasks = []
+        if workers:
+            tasks = [asyncio.create_task(_expire_periodically(node)),
+                     asyncio.create_task(node.allies.run())]  # fmt: skip
         try:
             yield
         finally:

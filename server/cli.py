@@ -129,6 +129,57 @@ def cmd_key_rotate(args: argparse.Namespace) -> None:
     print(fingerprint(parse_public_key(new_key["public"])))
 
 
+def _describe(peer, prints: dict[int, str]) -> str:
+    health = f"error: {peer.last_error}" if peer.last_error else (
+        f"read {peer.received_seq} of {max(peer.head_seq, peer.received_seq)}")
+    return (f"{peer.url}  {peer.name!r}  {peer.trust}, following: {peer.we_follow}, "
+            f"{health}\n    key {prints.get(peer.id, '(none pinned)')}")
+
+
+def cmd_peer_add(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.data))
+
+    async def add(node: Node) -> str:
+        peer, created = await node.allies.add_peer(args.url, None)
+        accepted = await node.allies.pull(peer)
+        peer = await node.store.peer(peer.id)
+        prints = await node.allies.fingerprints()
+        said = "added" if created else "already known; now trusted and followed"
+        line = f"{said}: {_describe(peer, prints)}"
+        if not peer.last_error:
+            line += f"\n    read {accepted} new entries of its feed"
+        return line + "\ncompare the key's fingerprint with the group through a channel you trust"
+
+    print(_with_node(config, add))
+
+
+def cmd_peer_list(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.data))
+
+    async def listing(node: Node) -> list[str]:
+        prints = await node.allies.fingerprints()
+        return [_describe(peer, prints) for peer in await node.store.peers()]
+
+    lines = _with_node(config, listing)
+    print("\n".join(lines) if lines else "no peers yet: add one with `aidnode peer add URL`")
+
+
+def _cmd_peer_trust(trust: str):
+    def run(args: argparse.Namespace) -> None:
+        config = load_config(Path(args.data))
+
+        async def change(node: Node) -> str:
+            peer = await node.store.peer_by_url(node.allies.parse_url(args.url))
+            if peer is None:
+                raise CliError(f"{args.url} is not a known peer: add it with `aidnode peer add`")
+            peer = await node.allies.set_peer(peer.id, None, trust=trust)
+            return f"{peer.url} is now {peer.trust}"
+
+        print(_with_node(config, change))
+
+    return run
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     config = load_config(Path(args.data))
     try:
@@ -214,6 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
                                   "that hands the feed over to a new key.")  # fmt: skip
     sub.add_argument("--data", default=DEFAULT_DATA_DIR, help="the node's data directory")
     sub.set_defaults(func=cmd_key_rotate)
+
+    peer = commands.add_parser("peer", help="Other nodes: add, list, trust, block.")
+    peer_commands = peer.add_subparsers(dest="peer_command", required=True, metavar="PEER_COMMAND")
+    for name, func, help_text in (
+        ("add", cmd_peer_add, "Trust and follow a node: fetch its document, pin its key, read its feed."),
+        ("list", cmd_peer_list, "List the nodes this node knows, with trust and health."),
+        ("trust", _cmd_peer_trust("trusted"), "Trust a known node (its subscription is accepted)."),
+        ("block", _cmd_peer_trust("blocked"), "Block a node: refuse its requests, drop its items."),
+    ):
+        sub = peer_commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--data", default=DEFAULT_DATA_DIR, help="the node's data directory")
+        if name != "list":
+            sub.add_argument("url", help="the node's base URL, e.g. https://aid.example.org")
+        sub.set_defaults(func=func)
 
     command("check", cmd_check, "Verify the node's database, its whole feed chain and its items.")
     return parser

@@ -9,7 +9,8 @@
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     ├── Invalid (422)            a value breaks a rule; carries the field's name
-    └── TooManyRequests (429)    carries Retry-After
+    ├── TooManyRequests (429)    carries Retry-After
+    └── BadGateway (502)         another node could not be reached or answered unusably
 
 One handler (in `server.app`) renders them as `{"error": message}` for the API and federation
 routes and as the error page for everything else. Anything else that escapes a handler is
@@ -76,3 +77,7 @@ class TooManyRequests(ClientError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class BadGateway(ClientError):
+    status = 502

@@ -24,6 +24,7 @@ from federation.timefmt import Clock, format_time, system_clock
 
 from . import __version__
 from .accounts import Passwords, RateLimiter, check_new_password, new_secret, secret_hash
+from .allies import Allies
 from .config import (
     CONFIG_FILE,
     DATABASE_FILE,
@@ -147,6 +148,8 @@ class Node:
         self.login_by_account = RateLimiter(LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW_SECONDS)
         self.login_by_address = RateLimiter(LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_SECONDS)
         self.cookie_suffix = cookie_suffix(config.base_url)
+        self.allies: Allies | None = None
+        self.peer_names: dict[str, str] = {}  # base URL → the group's name, for views
 
     # ------------------------------------------------------------------------ life
 
@@ -165,8 +168,13 @@ class Node:
         self.store.feed = self.feed
         async with self.store.write() as db:
             await self.feed.ensure_first_key(db)
+        self.peer_names = {peer.url: peer.name for peer in await self.store.peers()}
+        self.allies = Allies(self)
 
     async def close(self) -> None:
+        if self.allies is not None:
+            await self.allies.close()
+            self.allies = None
         if self.store is not None:
             await self.store.close()
             self.store = None
@@ -367,7 +375,7 @@ class Node:
         can_edit = row.is_local and viewer is not None and (
             row.owner_id == viewer.id or has_role(viewer, "coordinator")
         )
-        origin_name = self.config.name if row.is_local else row.origin
+        origin_name = self.config.name if row.is_local else self.peer_names.get(row.origin, row.origin)
         return ItemView(row=row, origin_name=origin_name, can_edit=can_edit)
 
     def local_id(self, item_uuid: str) -> str:
@@ -442,7 +450,8 @@ class Node:
         return self.view(row, user)
 
     async def expire_due_items(self) -> int:
-        """Mark local items whose time ran out as expired: a real change, version +1."""
+        """Mark local items whose time ran out as expired: a real change, version +1; drop
+        remote items whose time ran out."""
         now = self.now()
         expired = 0
         for item_id in await self.store.due_for_expiry(format_time(now)):
@@ -459,6 +468,9 @@ class Node:
                     now=format_time(now), held_version=row.state["version"],
                 )  # fmt: skip
                 expired += 1
+        # Remote items are kept only while live: one past its time leaves the store (its
+        # origin's expiry entry, when it comes, finds nothing to change).
+        await self.store.drop_expired_remote_items(format_time(now))
         return expired
 
     async def item_for(self, item_uuid: str, viewer: User | None) -> ItemView:

@@ -57,6 +57,11 @@ def openapi_document(node) -> dict:
     })  # fmt: skip
     uuid_param = {"name": "uuid", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": r.UUID_RE.pattern}}  # fmt: skip
+    peer_response = {"description": "The peer", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Peer"}}}}
+    peers_response = {"description": "Every peer", "content": {"application/json": {"schema": {
+        "type": "object", "required": ["peers"], "properties": {
+            "peers": {"type": "array", "items": {"$ref": "#/components/schemas/Peer"}}}}}}}
     item_response = {"description": "The item",
                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}}  # fmt: skip
 
@@ -127,11 +132,63 @@ def openapi_document(node) -> dict:
                     },
                 },
             },
+            "/api/v1/peers": {
+                "get": {"summary": "Other nodes this node knows (admins only)",
+                        "responses": {"200": peers_response,
+                                      "401": _error("No valid API token"),
+                                      "403": _error("Not an admin")}},
+                "post": {
+                    "summary": "Trust and follow a node by its base URL: fetches its node "
+                               "document and pins its key (200 if already known)",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["url"],
+                                   "additionalProperties": False,
+                                   "properties": {"url": {"type": "string"}}}}}},
+                    "responses": {
+                        "200": peer_response, "201": peer_response,
+                        "400": _error("Not JSON"), "401": _error("No valid API token"),
+                        "403": _error("Not an admin"),
+                        "415": _error("Not sent as application/json"),
+                        "422": _error("Not a valid base URL, or this node's own"),
+                        "502": _error("The node could not be reached or its document is invalid"),
+                    },
+                },
+            },
+            "/api/v1/peers/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer"}}],
+                "patch": {
+                    "summary": "Trust, un-trust or block a node; relay its needs; follow or "
+                               "unfollow it. Blocking removes its items from every view.",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"type": "object", "additionalProperties": False,
+                                   "minProperties": 1, "properties": {
+                                       "trust": {"enum": ["trusted", "unknown", "blocked"]},
+                                       "relay": {"type": "boolean"},
+                                       "follow": {"type": "boolean"}}}}}},
+                    "responses": {
+                        "200": peer_response, "400": _error("Not JSON"),
+                        "401": _error("No valid API token"), "403": _error("Not an admin"),
+                        "404": _error("No such peer"),
+                        "415": _error("Not sent as application/json"),
+                        "422": _error("A field breaks a rule; `field` names it"),
+                    },
+                },
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "A token from `aidnode token`."}},
             "schemas": {
+                "Peer": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "url": {"type": "string"},
+                    "name": {"type": "string"}, "fingerprint": {"type": ["string", "null"]},
+                    "trust": {"enum": ["trusted", "unknown", "blocked"]},
+                    "relay": {"type": "boolean"},
+                    "we_follow": {"enum": ["none", "pending", "accepted", "rejected"]},
+                    "they_follow": {"enum": ["none", "pending", "accepted", "rejected"]},
+                    "received_seq": {"type": "integer"}, "delivered_seq": {"type": "integer"},
+                    "last_error": {"type": ["string", "null"]}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "string"}, "field": {"type": "string"}}},
                 "Location": {"type": "object", "required": ["label"], "additionalProperties": False,

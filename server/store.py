@@ -56,6 +56,48 @@ class ItemRow:
     row: int
 
 
+PEER_COLUMNS = (
+    "id, url, name, description, trust, relay, we_follow, they_follow, received_seq,"
+    " received_hash, head_seq, delivered_seq, last_success, last_error, failures, next_attempt,"
+    " created"
+)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another node, as this node knows it (DESIGN §4.5)."""
+
+    id: int
+    url: str
+    name: str
+    description: str
+    trust: str  # blocked | unknown | trusted
+    relay: bool
+    we_follow: str  # none | pending | accepted | rejected
+    they_follow: str
+    received_seq: int
+    received_hash: str | None
+    head_seq: int
+    delivered_seq: int
+    last_success: str | None
+    last_error: str | None
+    failures: int
+    next_attempt: str | None
+    created: str
+
+    @property
+    def forked(self) -> bool:
+        return (self.last_error or "").startswith("fork:")
+
+
+def _peer(row: aiosqlite.Row | None) -> Peer | None:
+    if row is None:
+        return None
+    values = dict(row)
+    values["relay"] = bool(values["relay"])
+    return Peer(**values)
+
+
 class _Batch:
     """One write transaction shared by the writers that joined it (see `Store.write`)."""
 
@@ -597,6 +639,71 @@ class Store:
             " WHERE p.trust = 'trusted' AND k.retired_at_seq IS NULL"
         )
         return {row[0]: (row[1], row[2]) for row in rows}
+
+    async def peers(self) -> list[Peer]:
+        return [_peer(row) for row in await self.fetch_all(
+            f"SELECT {PEER_COLUMNS} FROM peers ORDER BY name COLLATE NOCASE, id")]  # fmt: skip
+
+    async def peer(self, peer_id: int) -> Peer | None:
+        return _peer(await self.fetch_one(f"SELECT {PEER_COLUMNS} FROM peers WHERE id = ?",
+                                          (peer_id,)))  # fmt: skip
+
+    async def peer_by_url(self, url: str) -> Peer | None:
+        return _peer(await self.fetch_one(f"SELECT {PEER_COLUMNS} FROM peers WHERE url = ?",
+                                          (url,)))  # fmt: skip
+
+    async def peer_in(self, db: aiosqlite.Connection, peer_id: int) -> Peer | None:
+        """A peer read inside a write transaction (its cursor as this transaction sees it)."""
+        rows = await db.execute_fetchall(f"SELECT {PEER_COLUMNS} FROM peers WHERE id = ?",
+                                         (peer_id,))  # fmt: skip
+        return _peer(rows[0]) if rows else None
+
+    async def peer_keys_in(self, db: aiosqlite.Connection, peer_id: int) -> list[tuple]:
+        """(key id, public, retired_at_seq) of a peer's pinned keys, in the order they served."""
+        rows = await db.execute_fetchall(
+            "SELECT key_id, public, retired_at_seq FROM peer_keys WHERE peer_id = ?"
+            " ORDER BY retired_at_seq IS NULL, retired_at_seq, rowid",
+            (peer_id,),
+        )
+        return [tuple(row) for row in rows]
+
+    async def update_peer(self, db: aiosqlite.Connection, peer_id: int, **fields: Any) -> None:
+        """Set some of a peer's columns (names from PEER_COLUMNS only)."""
+        allowed = set(PEER_COLUMNS.replace(" ", "").split(",")) - {"id", "url", "created"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"not peer columns: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        await db.execute(f"UPDATE peers SET {assignments} WHERE id = ?",
+                         (*fields.values(), peer_id))  # fmt: skip
+
+    async def record_refusal(self, db: aiosqlite.Connection, peer_id: int, seq: int,
+                             item_id: str | None, reason: str, at: str) -> None:  # fmt: skip
+        await db.execute(
+            "INSERT INTO ingest_refusals (peer_id, seq, item_id, reason, at) VALUES (?, ?, ?, ?, ?)",
+            (peer_id, seq, item_id, reason, at),
+        )
+
+    async def refusals(self, peer_id: int, limit: int = 20) -> list[aiosqlite.Row]:
+        return await self.fetch_all(
+            "SELECT seq, item_id, reason, at FROM ingest_refusals WHERE peer_id = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (peer_id, limit),
+        )
+
+    async def drop_remote_items(self, db: aiosqlite.Connection, origin: str) -> int:
+        cursor = await db.execute("DELETE FROM items WHERE origin = ? AND NOT is_local", (origin,))
+        return cursor.rowcount
+
+    async def drop_remote_item(self, db: aiosqlite.Connection, item_id: str) -> None:
+        await db.execute("DELETE FROM items WHERE id = ? AND NOT is_local", (item_id,))
+
+    async def drop_expired_remote_items(self, now: str) -> int:
+        async with self.write() as db:
+            cursor = await db.execute(
+                "DELETE FROM items WHERE NOT is_local AND expires <= ?", (now,)
+            )
+            return cursor.rowcount
 
     async def remember_nonce(self, key_id: str, nonce: str, now: int, window: int) -> bool:
         """Record a request nonce; False if the same key used it within `window` seconds."""

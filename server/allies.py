@@ -1,0 +1,440 @@
+"""Allies: the other nodes this one trusts, follows and reads (DESIGN §4.5–4.6).
+
+Adding a peer fetches its node document through the address guard (`federation.outbound`),
+pins its keys, trusts it and follows it; the admin sees its name and key fingerprint to
+compare out of band. Following means reading its feed: `pull` asks for the entries after our
+cursor, page by page, and `ingest` takes them in.
+
+Ingest keeps two questions apart:
+
+- chain validity (strict JSON, shape, origin, seq, prev, key, signature: `ChainState`) decides
+  whether an entry is accepted and moves the cursor. The first invalid entry ends the batch;
+  a fork (an entry, validly signed, that contradicts what we hold) stops ingest from that node
+  until an admin re-syncs it;
+- content validity (the item rules, the id under its origin, a newer version) decides whether
+  an accepted item state is applied and shown; a refusal is recorded on the peer with its
+  reason, and the chain goes on.
+
+The accepted entries, the states applied and the new cursor commit in one transaction: ingest
+is idempotent (entries at or below the cursor are skipped), and nothing counts as received
+before it is on disk.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+
+from federation import items as item_rules
+from federation.entries import ChainState, check_key_entry, verify_signature
+from federation.errors import BaseUrlError, ProtocolError, ValidationError
+from federation.identity import NodeDocument, parse_base_url, parse_node_document
+from federation.keys import NodeKey, fingerprint, parse_public_key
+from federation.outbound import FetchError, Outbound
+from federation.timefmt import format_time, parse_time
+
+from .errors import BadGateway, Invalid, NotFound
+from .store import Peer
+
+if TYPE_CHECKING:
+    from .accounts import User
+    from .node import Node
+
+log = logging.getLogger("aidnode.allies")
+
+PULL_LIMIT = 1000  # entries asked for per page (the feed's maximum)
+PULL_PAGES_PER_ROUND = 200  # a bound on one round of pulling one peer
+BACKOFF_FIRST = 10  # seconds; doubles with each consecutive failure
+BACKOFF_MAX = 3600
+TRUSTS = ("blocked", "unknown", "trusted")
+
+
+def key_in_force(keys: list[tuple[str, str, int | None]], seq: int) -> tuple[str, str]:
+    """The (key id, public) that signs entry `seq`, from keys in the order they served."""
+    for key_id, public, retired_at in keys:
+        if retired_at is None or retired_at >= seq:
+            return key_id, public
+    raise ProtocolError("no pinned key covers this part of the feed")
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after `failures` consecutive failures: doubling, capped, jittered."""
+    base = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, failures - 1))
+    return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+
+def peer_json(peer: Peer, key_fingerprint: str | None) -> dict:
+    """A peer as `GET /api/v1/peers` shows it (DESIGN §8)."""
+    return {
+        "id": peer.id, "url": peer.url, "name": peer.name, "fingerprint": key_fingerprint,
+        "trust": peer.trust, "relay": peer.relay, "we_follow": peer.we_follow,
+        "they_follow": peer.they_follow, "received_seq": peer.received_seq,
+        "delivered_seq": peer.delivered_seq, "last_error": peer.last_error,
+    }  # fmt: skip
+
+
+class Allies:
+    """Peers and reading their feeds, for one node."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self._key: tuple[NodeKey, str] | None = None
+        self.outbound = Outbound(
+            allow_private_addresses=node.config.allow_private_addresses,
+            signer=self._signer, clock=node.clock,
+        )  # fmt: skip
+        self._wake = asyncio.Event()
+
+    async def close(self) -> None:
+        await self.outbound.aclose()
+
+    def _signer(self) -> tuple[NodeKey, str]:
+        if self._key is None:
+            raise RuntimeError("the signing key was not loaded")
+        return self._key
+
+    async def _load_key(self) -> None:
+        """The key requests are signed with: read each time, as `key rotate` may change it."""
+        async with self.node.store.read() as db:
+            key = await self.node.feed.current_key(db)
+        self._key = (key, key.key_id(self.node.config.base_url))
+
+    @property
+    def store(self):
+        return self.node.store
+
+    # -------------------------------------------------------------------- peers
+
+    async def fingerprints(self) -> dict[int, str]:
+        """The fingerprint of each peer's current pinned key, by peer id."""
+        rows = await self.store.fetch_all(
+            "SELECT peer_id, public FROM peer_keys WHERE retired_at_seq IS NULL"
+        )
+        return {row[0]: fingerprint(parse_public_key(row[1])) for row in rows}
+
+    async def fetch_document(self, url: str) -> NodeDocument:
+        """Fetch and check a node's document; BadGateway (502) saying why if that fails."""
+        try:
+            reply = await self.outbound.request("GET", f"{url}/.well-known/aidnode", signed=False,
+                                                max_bytes=64 * 1024)  # fmt: skip
+            if reply.status != 200:
+                raise BadGateway(f"{url} answered {reply.status} for its node document")
+            return parse_node_document(reply.json(), url)
+        except FetchError as error:
+            raise BadGateway(f"could not reach {url}: {error}") from None
+        except ProtocolError as error:
+            raise BadGateway(str(error)) from None
+
+    def parse_url(self, url: object) -> str:
+        try:
+            url = parse_base_url(url.strip() if isinstance(url, str) else url,
+                                 allow_private_addresses=self.node.config.allow_private_addresses)
+        except BaseUrlError as error:
+            raise Invalid(str(error), field="url") from None
+        if url == self.node.config.base_url:
+            raise Invalid("that is this node's own address", field="url")
+        return url
+
+    async def add_peer(self, url: object, actor: "User | None") -> tuple[Peer, bool]:
+        """Trust and follow a node by its base URL; (peer, whether it is new).
+
+        A new node's document is fetched (502 if it cannot be), its keys pinned; a node
+        already known (say, one whose subscription waits) is trusted and followed."""
+        url = self.parse_url(url)
+        now = self.node.now_text()
+        known = await self.store.peer_by_url(url)
+        if known is not None:
+            peer = await self.set_peer(known.id, actor, trust="trusted", follow=True)
+            return peer, False
+        doc = await self.fetch_document(url)
+        async with self.store.write() as db:
+            cursor = await db.execute(
+                "INSERT INTO peers (url, name, description, trust, we_follow, created)"
+                " VALUES (?, ?, ?, 'trusted', 'pending', ?) ON CONFLICT (url) DO NOTHING",
+                (url, doc.name, doc.description, now),
+            )
+            if cursor.rowcount == 0:  # added meanwhile by someone else
+                peer_id = (await self.store.peer_by_url(url)).id
+            else:
+                peer_id = cursor.lastrowid
+                for key_id, public, retired in doc.keys:
+                    await db.execute(
+                        "INSERT INTO peer_keys (key_id, peer_id, public, retired_at_seq)"
+                        " VALUES (?, ?, ?, ?)",
+                        (key_id, peer_id, public, retired),
+                    )
+                await self.store.audit(db, now=now, actor=actor, action="peer.add", target=url,
+                                       detail=fingerprint(parse_public_key(doc.keys[-1][1])))  # fmt: skip
+        self.node.peer_names[url] = doc.name
+        self.wake()
+        return await self.store.peer(peer_id), True
+
+    async def set_peer(self, peer_id: int, actor: "User | None", *, trust: str | None = None,
+                       relay: bool | None = None, follow: bool | None = None) -> Peer:  # fmt: skip
+        """Change what this node decides about a peer. Blocking drops its items from every
+        view at once and forgets its feed (trusting it again reads the feed anew)."""
+        if trust is not None and trust not in TRUSTS:
+            raise Invalid(f"trust must be one of: {', '.join(TRUSTS)}", field="trust")
+        now = self.node.now_text()
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer is None:
+                raise NotFound("no such peer")
+            fields: dict[str, Any] = {}
+            changes = []
+            if trust is not None and trust != peer.trust:
+                fields["trust"] = trust
+                changes.append(f"trust {peer.trust} → {trust}")
+                if trust == "blocked":
+                    await self.store.drop_remote_items(db, peer.url)
+                    fields.update(received_seq=0, received_hash=None, head_seq=0, failures=0,
+                                  next_attempt=None, last_error=None)  # fmt: skip
+            if relay is not None and relay != peer.relay:
+                fields["relay"] = int(relay)
+                changes.append(f"relay {'on' if relay else 'off'}")
+            if follow is not None:
+                wanted = ("pending" if peer.we_follow in ("none", "rejected") else peer.we_follow)
+                state = wanted if follow else "none"
+                if state != peer.we_follow:
+                    fields["we_follow"] = state
+                    changes.append("follow" if follow else "unfollow")
+            if (follow or trust == "trusted") and peer.next_attempt is not None:
+                fields["next_attempt"] = None  # an admin's say-so is a retry: read it now
+            if fields:
+                await self.store.update_peer(db, peer_id, **fields)
+            if changes:
+                await self.store.audit(db, now=now, actor=actor, action="peer.change",
+                                       target=peer.url, detail=", ".join(changes))  # fmt: skip
+        self.wake()
+        return await self.store.peer(peer_id)
+
+    async def resync(self, peer_id: int, actor: "User | None") -> Peer:
+        """Forget what we hold of a peer's feed (after a fork, say) and read it anew."""
+        now = self.node.now_text()
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer is None:
+                raise NotFound("no such peer")
+            await self.store.drop_remote_items(db, peer.url)
+            await self.store.update_peer(db, peer_id, received_seq=0, received_hash=None,
+                                         head_seq=0, last_error=None, failures=0,
+                                         next_attempt=None)  # fmt: skip
+            await self.store.audit(db, now=now, actor=actor, action="peer.resync",
+                                   target=peer.url)  # fmt: skip
+        self.wake()
+        return await self.store.peer(peer_id)
+
+    # -------------------------------------------------------------------- reading feeds
+
+    def follows(self, peer: Peer) -> bool:
+        return peer.trust == "trusted" and peer.we_follow != "none" and not peer.forked
+
+    async def pull(self, peer: Peer) -> int:
+        """Read a followed peer's feed from our cursor to its head; entries accepted."""
+        if not self.follows(peer):
+            return 0
+        await self._load_key()
+        total = 0
+        for _ in range(PULL_PAGES_PER_ROUND):
+            url = f"{peer.url}/federation/feed?after={peer.received_seq}&limit={PULL_LIMIT}"
+            try:
+                reply = await self.outbound.request("GET", url)
+                if reply.status != 200:
+                    raise FetchError(f"the feed answered {reply.status}: {_reason(reply)}")
+                entries, head_seq = _page(reply.json(), peer.url)
+            except (FetchError, ProtocolError) as error:
+                await self._failed(peer.id, str(error))
+                return total
+            if not entries:
+                await self._succeeded(peer.id, head_seq)
+                return total
+            accepted, problem = await self.ingest(peer.id, entries, head_seq=head_seq)
+            total += accepted
+            peer = await self.store.peer(peer.id)
+            if problem is not None or peer is None or peer.received_seq >= head_seq:
+                return total
+        return total
+
+    async def ingest(self, peer_id: int, entries: list, *, head_seq: int = 0) -> tuple[int, str | None]:
+        """Take in entries of a peer's feed, in order, in one transaction.
+
+        Returns (entries accepted, the chain problem that stopped the batch or None)."""
+        now = self.node.now_text()
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer is None or not (peer.trust == "trusted" and not peer.forked):
+                return 0, "not reading this node's feed"
+            keys = await self.store.peer_keys_in(db, peer_id)
+            key_id, public = key_in_force(keys, peer.received_seq + 1)
+            chain = ChainState(peer.url, peer.received_seq, peer.received_hash, key_id,
+                               parse_public_key(public))  # fmt: skip
+            accepted, problem = 0, None
+            for raw in entries:
+                if isinstance(raw, dict) and type(raw.get("seq")) is int and raw["seq"] <= chain.seq:
+                    continue  # held already: a page or push that overlaps
+                before = (chain.seq, chain.hash, chain.key_id, chain.public)
+                try:
+                    entry = chain.accept(raw)
+                    if entry["type"] == "key":
+                        await self._take_key(db, peer_id, entry, old_key=before[2])
+                except ProtocolError as error:
+                    chain.seq, chain.hash, chain.key_id, chain.public = before
+                    problem = _chain_problem(chain, raw, error)
+                    break
+                accepted += 1
+                if entry["type"] == "item":
+                    await self._apply_item(db, peer, entry, now)
+            fields: dict[str, Any] = {
+                "received_seq": chain.seq, "received_hash": chain.hash,
+                "head_seq": max(head_seq, chain.seq, peer.head_seq),
+            }  # fmt: skip
+            if peer.we_follow == "pending":
+                fields["we_follow"] = "accepted"  # they let us read their feed
+            if problem is None:
+                fields.update(last_success=now, last_error=None, failures=0, next_attempt=None)
+            else:
+                fields.update(last_error=problem, failures=peer.failures + 1,
+                              next_attempt=format_time(self.node.now() + timedelta(
+                                  seconds=backoff(peer.failures + 1))))  # fmt: skip
+            await self.store.update_peer(db, peer_id, **fields)
+        if problem is not None:
+            log.warning("ingest from %s stopped: %s", peer.url, problem)
+        return accepted, problem
+
+    async def _take_key(self, db: aiosqlite.Connection, peer_id: int, entry: dict,
+                        old_key: str) -> None:  # fmt: skip
+        """A valid `key` entry hands the feed to a new key: pin it, retire the old one."""
+        new_id, new_public = check_key_entry(entry)
+        public_text = entry["body"]["key"]["public"]
+        rows = await db.execute_fetchall(
+            "SELECT peer_id, public FROM peer_keys WHERE key_id = ?", (new_id,)
+        )
+        if rows and (rows[0][0] != peer_id or rows[0][1] != public_text):
+            raise ProtocolError(
+                f"entry {entry['seq']} hands over to a key {new_id} that differs from the one "
+                "pinned for it"
+            )
+        await db.execute("UPDATE peer_keys SET retired_at_seq = ? WHERE key_id = ?",
+                         (entry["seq"], old_key))  # fmt: skip
+        if not rows:
+            await db.execute(
+                "INSERT INTO peer_keys (key_id, peer_id, public, retired_at_seq) VALUES (?, ?, ?, NULL)",
+                (new_id, peer_id, public_text),
+            )
+
+    async def _apply_item(self, db: aiosqlite.Connection, peer: Peer, entry: dict, now: str) -> None:
+        state = entry["body"]
+        item_id = state.get("id") if isinstance(state.get("id"), str) else None
+
+        async def refuse(reason: str) -> None:
+            await self.store.record_refusal(db, peer.id, entry["seq"], item_id, reason, now)
+
+        try:
+            item_rules.validate_state(state, origin=peer.url)
+        except ValidationError as error:
+            await refuse(f"{error.field or 'item'}: {error}")
+            return
+        if state["reach"] == "local":
+            await refuse("reach: a local item is not for other nodes")
+            return
+        held = await self.store.item_in(db, state["id"])
+        if held is not None and held.state["version"] >= state["version"]:
+            await refuse(f"version {state['version']} is not newer than {held.state['version']}")
+            return
+        if state["status"] not in item_rules.LIVE_STATUSES or state["expires"] <= now:
+            if held is not None:
+                await self.store.drop_remote_item(db, state["id"])
+            return
+        await self.store.write_item(db, state, origin=peer.url, is_local=False,
+                                    held_version=None if held is None else held.state["version"])  # fmt: skip
+
+    async def _succeeded(self, peer_id: int, head_seq: int) -> None:
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer is None:
+                return
+            fields: dict[str, Any] = {
+                "last_success": self.node.now_text(), "last_error": None, "failures": 0,
+                "next_attempt": None, "head_seq": head_seq,
+            }  # fmt: skip
+            if peer.we_follow == "pending":
+                fields["we_follow"] = "accepted"
+            await self.store.update_peer(db, peer_id, **fields)
+
+    async def _failed(self, peer_id: int, reason: str) -> None:
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer is None:
+                return
+            failures = peer.failures + 1
+            await self.store.update_peer(
+                db, peer_id, last_error=reason[:500], failures=failures,
+                next_attempt=format_time(self.node.now() + timedelta(seconds=backoff(failures))),
+            )  # fmt: skip
+        log.info("reading %s failed: %s", peer.url, reason)
+
+    async def pull_all(self, *, due_only: bool = False) -> int:
+        """Pull every followed peer (with `due_only`, those not backing off); entries accepted."""
+        now = self.node.now()
+        total = 0
+        for peer in await self.store.peers():
+            if not self.follows(peer):
+                continue
+            if due_only and peer.next_attempt and parse_time(peer.next_attempt) > now:
+                continue
+            total += await self.pull(peer)
+        return total
+
+    def wake(self) -> None:
+        """Have the worker pull now rather than at its next interval."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The worker: pull on start, when woken, and every `poll_interval`."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.pull_all(due_only=True)
+            except Exception:
+                log.exception("pulling allies' feeds failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.node.config.poll_interval)
+
+
+def _reason(reply) -> str:
+    try:
+        body = reply.json()
+    except ProtocolError:
+        return "no readable error"
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error)[:200] if error else "no error message"
+
+
+def _page(page: object, origin: str) -> tuple[list, int]:
+    """The entries and head seq of a feed page, checked for shape."""
+    if not isinstance(page, dict) or page.get("origin") != origin:
+        raise ProtocolError("the feed page is not from the node asked")
+    head, entries = page.get("head"), page.get("entries")
+    if not isinstance(head, dict) or type(head.get("seq")) is not int or not isinstance(entries, list):
+        raise ProtocolError("the feed page has no head or entries")
+    return entries, head["seq"]
+
+
+def _chain_problem(chain: ChainState, raw: object, error: ProtocolError) -> str:
+    """Name what stopped ingest: a fork, or an entry refused."""
+    if (isinstance(raw, dict) and raw.get("seq") == chain.seq + 1 and chain.seq > 0
+            and raw.get("prev") != chain.hash and raw.get("key") == chain.key_id):
+        try:
+            verify_signature(raw, chain.public)
+        except ProtocolError:
+            pass
+        else:
+            return (f"fork: entry {chain.seq + 1} is validly signed but does not follow entry "
+                    f"{chain.seq} as we hold it ({chain.hash})")
+    seq = raw.get("seq") if isinstance(raw, dict) else None
+    return f"entry {seq if type(seq) is int else '?'} refused: {error}"[:500]
+
