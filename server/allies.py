@@ -22,6 +22,7 @@ before it is on disk.
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from datetime import timedelta
@@ -51,6 +52,12 @@ PULL_PAGES_PER_ROUND = 200  # a bound on one round of pulling one peer
 BACKOFF_FIRST = 10  # seconds; doubles with each consecutive failure
 BACKOFF_MAX = 3600
 TRUSTS = ("blocked", "unknown", "trusted")
+PUSH_BATCH = 100  # entries per push, at most (DESIGN §4.5)
+PUSH_MAX_BYTES = 512 * 1024
+PUSH_GIVE_UP = timedelta(days=7)  # then pushing stops until that node is heard from again
+LEARN_IN_FLIGHT = 2  # node documents of unknown nodes fetched at once, at most
+LEARN_PER_MINUTE = 30
+LEARN_FAILURE_MEMORY = 600  # seconds a failed fetch is remembered (and not repeated)
 
 
 def key_in_force(keys: list[tuple[str, str, int | None]], seq: int) -> tuple[str, str]:
@@ -88,6 +95,11 @@ class Allies:
             signer=self._signer, clock=node.clock,
         )  # fmt: skip
         self._wake = asyncio.Event()
+        self._deliver = asyncio.Event()
+        self._learning = asyncio.Semaphore(LEARN_IN_FLIGHT)
+        self._learned_at: list[float] = []  # monotonic times of recent fetches
+        self._learn_failures: dict[str, tuple[float, str]] = {}
+        self._pushing: set[int] = set()  # peers with a delivery running
 
     async def close(self) -> None:
         await self.outbound.aclose()
@@ -170,6 +182,8 @@ class Allies:
                 await self.store.audit(db, now=now, actor=actor, action="peer.add", target=url,
                                        detail=fingerprint(parse_public_key(doc.keys[-1][1])))  # fmt: skip
         self.node.peer_names[url] = doc.name
+        peer = await self.store.peer(peer_id)
+        await self.subscribe(peer)
         self.wake()
         return await self.store.peer(peer_id), True
 
@@ -186,6 +200,7 @@ class Allies:
                 raise NotFound("no such peer")
             fields: dict[str, Any] = {}
             changes = []
+            tell = None  # what to tell them of their subscription, once committed
             if trust is not None and trust != peer.trust:
                 fields["trust"] = trust
                 changes.append(f"trust {peer.trust} → {trust}")
@@ -193,6 +208,12 @@ class Allies:
                     await self.store.drop_remote_items(db, peer.url)
                     fields.update(received_seq=0, received_hash=None, head_seq=0, failures=0,
                                   next_attempt=None, last_error=None)  # fmt: skip
+                    if peer.they_follow in ("pending", "accepted"):
+                        fields["they_follow"] = "rejected"
+                elif trust == "trusted" and peer.they_follow == "pending":
+                    fields.update(they_follow="accepted", push_stopped=0, push_failures=0,
+                                  push_next_attempt=None)  # fmt: skip
+                    tell = "accepted"
             if relay is not None and relay != peer.relay:
                 fields["relay"] = int(relay)
                 changes.append(f"relay {'on' if relay else 'off'}")
@@ -209,7 +230,15 @@ class Allies:
             if changes:
                 await self.store.audit(db, now=now, actor=actor, action="peer.change",
                                        target=peer.url, detail=", ".join(changes))  # fmt: skip
+        changed = await self.store.peer(peer_id)
+        if tell is not None:
+            await self._tell_subscription(changed, tell)
+        if follow is True and changed.trust == "trusted" and changed.we_follow != "accepted":
+            await self.subscribe(changed)
+        elif follow is False and peer.we_follow != "none":
+            await self._unsubscribe(changed)
         self.wake()
+        self.wake_delivery()
         return await self.store.peer(peer_id)
 
     async def resync(self, peer_id: int, actor: "User | None") -> Peer:
@@ -228,6 +257,238 @@ class Allies:
         self.wake()
         return await self.store.peer(peer_id)
 
+    # -------------------------------------------------------------------- subscriptions
+
+    async def learn_node(self, key_id: str) -> None:
+        """A signed request from a node not met before: fetch its document (through the guard,
+        rate-limited, failures remembered) and pin it as an `unknown` node.
+
+        Raises Unauthorized when the key cannot be learned this way, Forbidden for a blocked node."""
+        from .errors import Forbidden, Unauthorized
+
+        url = key_id.rsplit("#", 1)[0]
+        try:
+            url = parse_base_url(url, allow_private_addresses=self.node.config.allow_private_addresses)
+        except BaseUrlError:
+            raise Unauthorized("signature refused: its keyid names no node") from None
+        known = await self.store.peer_by_url(url)
+        if known is not None:
+            if known.trust == "blocked":
+                raise Forbidden("this node does not accept requests from yours")
+            # A key we never pinned, from a node we know: only a `key` entry can change keys.
+            await self._note(known.id, f"key: a request was signed with {key_id[:200]}, a key "
+                                       "not announced in its feed; refused")  # fmt: skip
+            raise Unauthorized("signature refused: that key is not the one pinned for your node")
+        loop = asyncio.get_running_loop()
+        failed = self._learn_failures.get(url)
+        if failed is not None and loop.time() - failed[0] < LEARN_FAILURE_MEMORY:
+            raise Unauthorized(f"signature refused: your node document could not be read: {failed[1]}")
+        self._learned_at = [t for t in self._learned_at if loop.time() - t < 60]
+        if len(self._learned_at) >= LEARN_PER_MINUTE:
+            raise Unauthorized("signature refused: too many unknown nodes at once; try again later")
+        self._learned_at.append(loop.time())
+        async with self._learning:
+            try:
+                doc = await self.fetch_document(url)
+            except BadGateway as error:
+                self._learn_failures[url] = (loop.time(), error.message)
+                raise Unauthorized(f"signature refused: {error.message}") from None
+        if key_id != doc.current_key[0]:
+            raise Unauthorized("signature refused: not signed with the node's current key")
+        now = self.node.now_text()
+        async with self.store.write() as db:
+            cursor = await db.execute(
+                "INSERT INTO peers (url, name, description, trust, created)"
+                " VALUES (?, ?, ?, 'unknown', ?) ON CONFLICT (url) DO NOTHING",
+                (url, doc.name, doc.description, now),
+            )
+            if cursor.rowcount:
+                for pinned_id, public, retired in doc.keys:
+                    await db.execute(
+                        "INSERT OR IGNORE INTO peer_keys (key_id, peer_id, public, retired_at_seq)"
+                        " VALUES (?, ?, ?, ?)",
+                        (pinned_id, cursor.lastrowid, public, retired),
+                    )
+        self.node.peer_names.setdefault(url, doc.name)
+
+    async def _note(self, peer_id: int, error: str) -> None:
+        async with self.store.write() as db:
+            await self.store.update_peer(db, peer_id, last_error=error[:500])
+
+    async def subscription_requested(self, peer_id: int) -> str:
+        """A node asked to follow us: accepted if we trust it, else pending for an admin."""
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            state = "accepted" if peer.trust == "trusted" else "pending"
+            await self.store.update_peer(db, peer_id, they_follow=state, push_stopped=0,
+                                         push_failures=0, push_next_attempt=None)  # fmt: skip
+        self.wake_delivery()
+        return state
+
+    async def subscription_ended(self, peer_id: int) -> None:
+        async with self.store.write() as db:
+            await self.store.update_peer(db, peer_id, they_follow="none")
+
+    async def subscription_answered(self, peer_id: int, state: str) -> None:
+        """The node we asked to follow told us its answer."""
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer.we_follow != "none":
+                await self.store.update_peer(db, peer_id, we_follow=state)
+        if state == "accepted":
+            self.wake()
+
+    async def subscribe(self, peer: Peer) -> None:
+        """Ask a trusted node to let us follow it; its answer (accepted or pending) is kept."""
+        if peer.trust != "trusted" or peer.we_follow == "none":
+            return
+        await self._load_key()
+        try:
+            reply = await self.outbound.request(
+                "POST", f"{peer.url}/federation/subscriptions",
+                json_body={"subscriber": self.node.config.base_url},
+            )  # fmt: skip
+        except FetchError as error:
+            await self._note(peer.id, f"subscribing failed: {error}")
+            return
+        state = None
+        if reply.status == 202:
+            with contextlib.suppress(ProtocolError):
+                body = reply.json()
+                if isinstance(body, dict) and body.get("state") in ("pending", "accepted"):
+                    state = body["state"]
+        if state is None:
+            await self._note(peer.id, f"subscribing failed: {reply.status}: {_reason(reply)}")
+            return
+        async with self.store.write() as db:
+            current = await self.store.peer_in(db, peer.id)
+            if current is not None and current.we_follow != "none" and current.we_follow != "accepted":
+                await self.store.update_peer(db, peer.id, we_follow=state)
+
+    async def _unsubscribe(self, peer: Peer) -> None:
+        await self._load_key()
+        with contextlib.suppress(FetchError):
+            await self.outbound.request("DELETE", f"{peer.url}/federation/subscriptions")
+
+    async def _tell_subscription(self, peer: Peer, state: str) -> None:
+        await self._load_key()
+        try:
+            await self.outbound.request("POST", f"{peer.url}/federation/inbox",
+                                        json_body={"type": "subscription", "state": state})  # fmt: skip
+        except FetchError as error:
+            log.info("telling %s of its subscription failed: %s", peer.url, error)
+
+    # -------------------------------------------------------------------- pushing ours
+
+    def wake_delivery(self) -> None:
+        """New entries, or a new follower: push now rather than at the next interval."""
+        self._deliver.set()
+
+    def delivers_to(self, peer: Peer) -> bool:
+        return peer.trust == "trusted" and peer.they_follow == "accepted" and not peer.push_stopped
+
+    async def deliver(self, peer: Peer) -> int:
+        """Push our entries after the peer's delivered cursor, in batches; entries delivered."""
+        if not self.delivers_to(peer):
+            return 0
+        await self._load_key()
+        batch, total = PUSH_BATCH, 0
+        for _ in range(PULL_PAGES_PER_ROUND):
+            texts = await self.store.feed_texts_after(peer.delivered_seq, batch, PUSH_MAX_BYTES)
+            if not texts:
+                return total
+            entries = [json.loads(text) for text in texts]
+            try:
+                reply = await self.outbound.request("POST", f"{peer.url}/federation/inbox", json_body={
+                    "type": "entries", "origin": self.node.config.base_url, "entries": entries,
+                })  # fmt: skip
+            except FetchError as error:
+                await self._push_failed(peer, str(error))
+                return total
+            if reply.status == 413 and batch > 1:
+                batch //= 2
+                continue
+            received = _received(reply) if reply.status in (200, 409) else None
+            if received is None:
+                stop = 400 <= reply.status < 500 and reply.status not in (401, 408, 429)
+                await self._push_failed(peer, f"pushing: {reply.status}: {_reason(reply)}", stop=stop)
+                return total
+            # The receiver says what it holds: go on from there (a 409 may move us back).
+            delivered = min(received, await self.store.feed_head_seq())
+            progressed = delivered > peer.delivered_seq
+            total += max(0, delivered - peer.delivered_seq)
+            async with self.store.write() as db:
+                await self.store.update_peer(db, peer.id, delivered_seq=delivered, push_failures=0,
+                                             push_next_attempt=None)  # fmt: skip
+            peer = await self.store.peer(peer.id)
+            if not progressed and reply.status == 200:
+                return total  # it took nothing new: try again later, not in a tight loop
+        return total
+
+    async def _push_failed(self, peer: Peer, reason: str, *, stop: bool = False) -> None:
+        failures = peer.push_failures + 1
+        give_up = stop or (peer.last_success is not None and self.node.now() - parse_time(
+            peer.last_success) > PUSH_GIVE_UP and failures > 10)  # fmt: skip
+        async with self.store.write() as db:
+            await self.store.update_peer(
+                db, peer.id, last_error=reason[:500], push_failures=failures,
+                push_next_attempt=format_time(self.node.now() + timedelta(seconds=backoff(failures))),
+                push_stopped=int(give_up),
+            )  # fmt: skip
+        log.info("pushing to %s failed: %s", peer.url, reason)
+
+    async def deliver_all(self) -> int:
+        """Push to every follower that is due, each on its own, so a slow one delays no one."""
+        now = self.node.now()
+        due = [peer for peer in await self.store.peers() if self.delivers_to(peer)
+               and peer.id not in self._pushing
+               and not (peer.push_next_attempt and parse_time(peer.push_next_attempt) > now)]
+
+        async def one(peer: Peer) -> int:
+            self._pushing.add(peer.id)
+            try:
+                return await self.deliver(peer)
+            finally:
+                self._pushing.discard(peer.id)
+
+        results = await asyncio.gather(*(one(peer) for peer in due), return_exceptions=True)
+        for peer, result in zip(due, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("pushing to %s failed unexpectedly", peer.url, exc_info=result)
+        return sum(r for r in results if isinstance(r, int))
+
+    async def run_delivery(self) -> None:
+        """The pusher: on new entries or followers, and every `poll_interval` for retries."""
+        while True:
+            self._deliver.clear()
+            try:
+                await self.deliver_all()
+            except Exception:
+                log.exception("pushing to followers failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._deliver.wait(), timeout=self.node.config.poll_interval)
+
+    async def received_push(self, peer_id: int, body: dict) -> tuple[int, dict]:
+        """`POST /federation/inbox` with `type: entries` from a node we follow: (status, answer)."""
+        peer = await self.store.peer(peer_id)
+        if peer.we_follow == "none":
+            return 403, {"error": "this node does not follow yours"}
+        entries = body.get("entries")
+        if not isinstance(entries, list) or not 1 <= len(entries) <= PUSH_BATCH:
+            return 400, {"error": f"entries must be a list of 1 to {PUSH_BATCH} entries"}
+        first = entries[0].get("seq") if isinstance(entries[0], dict) else None
+        if type(first) is not int or first > peer.received_seq + 1:
+            return 409, {"received": {"seq": peer.received_seq, "hash": peer.received_hash},
+                         "error": f"the batch must start at or before entry {peer.received_seq + 1}"}
+        last = entries[-1].get("seq") if isinstance(entries[-1], dict) else None
+        head = last if type(last) is int else 0
+        _, problem = await self.ingest(peer_id, entries, head_seq=head)
+        peer = await self.store.peer(peer_id)
+        answer = {"received": {"seq": peer.received_seq, "hash": peer.received_hash}}
+        if problem is not None:
+            return 422, {**answer, "error": problem}
+        return 200, answer
+
     # -------------------------------------------------------------------- reading feeds
 
     def follows(self, peer: Peer) -> bool:
@@ -237,6 +498,8 @@ class Allies:
         """Read a followed peer's feed from our cursor to its head; entries accepted."""
         if not self.follows(peer):
             return 0
+        if peer.we_follow == "pending" and (peer.last_error or "").startswith("subscribing failed"):
+            await self.subscribe(peer)  # the last attempt did not get through: ask again
         await self._load_key()
         total = 0
         for _ in range(PULL_PAGES_PER_ROUND):
@@ -412,6 +675,17 @@ def _reason(reply) -> str:
         return "no readable error"
     error = body.get("error") if isinstance(body, dict) else None
     return str(error)[:200] if error else "no error message"
+
+
+def _received(reply) -> int | None:
+    """The `received.seq` of an inbox answer, if it has one."""
+    try:
+        body = reply.json()
+    except ProtocolError:
+        return None
+    received = body.get("received") if isinstance(body, dict) else None
+    seq = received.get("seq") if isinstance(received, dict) else None
+    return seq if type(seq) is int and seq >= 0 else None
 
 
 def _page(page: object, origin: str) -> tuple[list, int]:

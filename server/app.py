@@ -193,7 +193,8 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
         tasks = []
         if workers:
             tasks = [asyncio.create_task(_expire_periodically(node)),
-                     asyncio.create_task(node.allies.run())]  # fmt: skip
+                     asyncio.create_task(node.allies.run()),
+                     asyncio.create_task(node.allies.run_delivery())]  # fmt: skip
         try:
             yield
         finally:

@@ -1,9 +1,12 @@
 """Endpoints other nodes call, `/federation/…` (DESIGN §4.3–4.5). Every one is signed."""
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from .errors import ClientError
+from federation.errors import MalformedError
+from federation.strictjson import loads_strict
+
+from .errors import ClientError, Forbidden, PayloadTooLarge, UnsupportedMediaType
 from .feed import FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, page_json, read_page
 from .routing import federation
 
@@ -31,6 +34,81 @@ async def feed(request: Request) -> Response:
                     headers={"Cache-Control": "no-store"})  # fmt: skip
 
 
+INBOX_MAX_BYTES = 512 * 1024
+
+
+async def _json_body(request: Request) -> dict:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaType("send JSON with Content-Type: application/json")
+    try:
+        body = loads_strict(await request.body())
+    except MalformedError as error:
+        raise ClientError(f"the body is not acceptable JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ClientError("the body must be a JSON object")
+    return body
+
+
+async def subscribe(request: Request) -> Response:
+    """`POST /federation/subscriptions {"subscriber"}`: a node asks to follow this one."""
+    node, signer = request.app.state.node, request.state.peer
+    body = await _json_body(request)
+    if set(body) != {"subscriber"} or body["subscriber"] != signer.node:
+        raise ClientError("the body must be {\"subscriber\": <your base URL>}, signed by it",
+                          field="subscriber")  # fmt: skip
+    if signer.trust == "blocked":
+        raise Forbidden("this node does not accept subscriptions from yours")
+    state = await node.allies.subscription_requested(signer.peer_id)
+    return JSONResponse({"state": state}, status_code=202)
+
+
+async def unsubscribe(request: Request) -> Response:
+    node, signer = request.app.state.node, request.state.peer
+    if await request.body():
+        raise ClientError("send no body: the subscriber is the signer")
+    if signer.trust == "blocked":
+        raise Forbidden("this node does not accept requests from yours")
+    await node.allies.subscription_ended(signer.peer_id)
+    return JSONResponse({"state": "none"})
+
+
+async def inbox(request: Request) -> Response:
+    """`POST /federation/inbox`: pushed entries, or the answer to our subscription."""
+    node, signer = request.app.state.node, request.state.peer
+    if len(await request.body()) > INBOX_MAX_BYTES:
+        raise PayloadTooLarge(f"an inbox message is at most {INBOX_MAX_BYTES} bytes")
+    body = await _json_body(request)
+    kind = body.get("type")
+    if kind == "entries":
+        if set(body) != {"type", "origin", "entries"}:
+            raise ClientError("an entries message is {type, origin, entries}")
+        if body["origin"] != signer.node:
+            raise Forbidden("entries are taken only from their origin, signing for itself")
+        status, answer = await node.allies.received_push(signer.peer_id, body)
+        return JSONResponse(answer, status_code=status)
+    if kind == "subscription":
+        if set(body) != {"type", "state"} or body["state"] not in ("accepted", "rejected"):
+            raise ClientError("a subscription message is {type, state: accepted|rejected}")
+        await node.allies.subscription_answered(signer.peer_id, body["state"])
+        return JSONResponse({"ok": True})
+    raise ClientError("unknown message type: expected entries or subscription", field="type")
+
+
+async def cursor(request: Request) -> Response:
+    """`GET /federation/cursor`: what this node has received of the signer's feed."""
+    peer = await request.app.state.node.store.peer(request.state.peer.peer_id)
+    return JSONResponse({"received": {"seq": peer.received_seq, "hash": peer.received_hash}},
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
 routes = [
     federation("/federation/feed", feed, "feed_reader", name="federation_feed"),
+    federation("/federation/cursor", cursor, "trusted_node", name="federation_cursor"),
+    federation("/federation/inbox", inbox, "trusted_node", methods=("POST",),
+               name="federation_inbox"),
+    federation("/federation/subscriptions", subscribe, "any_node", methods=("POST",),
+               name="federation_subscribe"),
+    federation("/federation/subscriptions", unsubscribe, "any_node", methods=("DELETE",),
+               name="federation_unsubscribe"),
 ]

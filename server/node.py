@@ -198,6 +198,7 @@ class Node:
         """Hand the feed over to a new signing key (a `key` entry signed by the old one)."""
         async with self.store.write() as db:
             _, entry = await self.feed.rotate_key(db, at=self.now_text())
+        self.allies.wake_delivery()
         return entry
 
     async def check(self) -> dict:
@@ -400,6 +401,7 @@ class Node:
             )  # fmt: skip
         row = ItemRow(state=state, origin=self.config.base_url, is_local=True, owner_id=user.id,
                       escalation=escalation, share_author=share_author, row=row_number)  # fmt: skip
+        self.allies.wake_delivery()
         return self.view(row, user)
 
     async def change_item(self, user: User, item_uuid: str, data: object) -> ItemView:
@@ -447,6 +449,7 @@ class Node:
                     detail=", ".join(sorted(set(inp.fields) | ({"escalation"} if inp.escalation else set()))),
                 )  # fmt: skip
             row = await self.store.item_in(db, row.state["id"])
+        self.allies.wake_delivery()
         return self.view(row, user)
 
     async def expire_due_items(self) -> int:
@@ -471,6 +474,8 @@ class Node:
         # Remote items are kept only while live: one past its time leaves the store (its
         # origin's expiry entry, when it comes, finds nothing to change).
         await self.store.drop_expired_remote_items(format_time(now))
+        if expired:
+            self.allies.wake_delivery()
         return expired
 
     async def item_for(self, item_uuid: str, viewer: User | None) -> ItemView:

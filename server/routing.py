@@ -12,8 +12,10 @@ Every route of the app is an `AccessRoute` with a `surface` and an `access` leve
 
 `access` is `anyone`, `member`, `coordinator`, `admin`, `loopback_or_admin`, or
 `visitor_if_public` (anyone while the admin has `public_offers` on, members otherwise), and for
-federation routes `trusted_node` (a signed request from a node this one trusts) or
-`feed_reader` (a trusted node, or anyone while `feed_public` is on). The wrapper checks
+federation routes `trusted_node` (a signed request from a node this one trusts),
+`feed_reader` (a trusted node, or anyone while `feed_public` is on) or `any_node` (a signed
+request from any node: one not met before has its node document fetched, through the address
+guard, to learn its key; the handler decides what a blocked or unknown node may do). The wrapper checks
 it before the handler runs, and the route × role test matrix is generated from these
 declarations, so a route cannot be added without saying who may use it.
 """
@@ -37,7 +39,7 @@ from .node import ROLES, has_role
 
 ACCESS_LEVELS = (
     "anyone", "visitor_if_public", "member", "coordinator", "admin", "loopback_or_admin",
-    "trusted_node", "feed_reader",
+    "trusted_node", "feed_reader", "any_node",
 )  # fmt: skip
 SURFACES = ("page", "api", "public", "federation")
 FORM_MAX_FIELDS = 100
@@ -58,12 +60,14 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def identify_node(request: Request) -> "SignedBy":
+async def identify_node(request: Request, *, any_node: bool = False) -> "SignedBy":
     """Verify a request from another node (DESIGN §4.4); raise Unauthorized on any failure.
 
     `@target-uri` is rebuilt from this node's own base_url and the raw path and query, never
-    from Host or X-Forwarded-*. Keys come only from trusted, pinned peers; the nonce is
-    remembered in the database so a replay is refused even after a restart.
+    from Host or X-Forwarded-*. Keys come only from pinned peers: trusted ones, or with
+    `any_node` any known node, and then a node not met before has its document fetched to
+    learn its key. The nonce is remembered in the database so a replay is refused even after
+    a restart.
     """
     node = request.app.state.node
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
@@ -71,27 +75,43 @@ async def identify_node(request: Request) -> "SignedBy":
     target = node.config.base_url + raw_path.decode("latin-1")
     if query:
         target += "?" + query.decode("latin-1")
-    keys = await node.store.trusted_keys()
-
-    def lookup(key_id: str):
-        found = keys.get(key_id)
-        return None if found is None else parse_public_key(found[1])
-
     body = await request.body()
     now = node.now()
-    try:
+    asked: list[str] = []
+
+    async def attempt() -> tuple[dict, object]:
+        keys = await node.store.request_keys()
+        if not any_node:
+            keys = {k: v for k, v in keys.items() if v[2] == "trusted"}
+
+        def lookup(key_id: str):
+            asked.append(key_id)
+            found = keys.get(key_id)
+            return None if found is None else parse_public_key(found[1])
+
         verified = verify_request(
             method=request.method, target_uri=target, headers=request.headers.items(), body=body,
             lookup=lookup, now=now, nonces=None,
         )  # fmt: skip
+        return keys, verified
+
+    try:
+        try:
+            keys, verified = await attempt()
+        except SignatureError:
+            if not (any_node and asked and asked[-1] not in await node.store.request_keys()):
+                raise
+            await node.allies.learn_node(asked[-1])  # raises ClientError if it cannot
+            keys, verified = await attempt()
     except (SignatureError, ProtocolError) as error:
         raise Unauthorized(str(error)) from None
     if not await node.store.remember_nonce(
         verified.key_id, verified.nonce, int(now.timestamp()), NONCE_MEMORY_SECONDS
     ):
         raise Unauthorized("signature refused: this nonce was already used (a replay)")
-    peer_id = keys[verified.key_id][0]
-    return SignedBy(peer_id=peer_id, node=verified.key_id.rsplit("#", 1)[0], key_id=verified.key_id)
+    peer_id, _, trust = keys[verified.key_id]
+    return SignedBy(peer_id=peer_id, node=verified.key_id.rsplit("#", 1)[0],
+                    key_id=verified.key_id, trust=trust)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,6 +121,7 @@ class SignedBy:
     peer_id: int
     node: str
     key_id: str
+    trust: str = "trusted"
 
 
 async def identify(request: Request, surface: str, access: str = "anyone") -> None:
@@ -115,7 +136,7 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
         signed = "signature" in request.headers or "signature-input" in request.headers
         if access == "feed_reader" and node.config.feed_public and not signed:
             return
-        request.state.peer = await identify_node(request)
+        request.state.peer = await identify_node(request, any_node=access == "any_node")
         return
     if surface == "api" or (surface == "public" and "authorization" in request.headers):
         header = request.headers.get("authorization", "")
@@ -150,7 +171,7 @@ def allowed(request: Request, access: str) -> bool:
         return True
     if access == "visitor_if_public":
         return request.app.state.node.config.public_offers or has_role(user, "member")
-    if access == "trusted_node":
+    if access in ("trusted_node", "any_node"):
         return request.state.peer is not None
     if access == "feed_reader":
         return request.state.peer is not None or request.app.state.node.config.feed_public

@@ -59,7 +59,7 @@ class ItemRow:
 PEER_COLUMNS = (
     "id, url, name, description, trust, relay, we_follow, they_follow, received_seq,"
     " received_hash, head_seq, delivered_seq, last_success, last_error, failures, next_attempt,"
-    " created"
+    " push_failures, push_next_attempt, push_stopped, created"
 )
 
 
@@ -83,6 +83,9 @@ class Peer:
     last_error: str | None
     failures: int
     next_attempt: str | None
+    push_failures: int
+    push_next_attempt: str | None
+    push_stopped: bool
     created: str
 
     @property
@@ -95,6 +98,7 @@ def _peer(row: aiosqlite.Row | None) -> Peer | None:
         return None
     values = dict(row)
     values["relay"] = bool(values["relay"])
+    values["push_stopped"] = bool(values["push_stopped"])
     return Peer(**values)
 
 
@@ -704,6 +708,32 @@ class Store:
                 "DELETE FROM items WHERE NOT is_local AND expires <= ?", (now,)
             )
             return cursor.rowcount
+
+    async def request_keys(self) -> dict[str, tuple[int, str, str]]:
+        """Current pinned keys of every known node: key id → (peer id, public key, trust)."""
+        rows = await self.fetch_all(
+            "SELECT k.key_id, k.peer_id, k.public, p.trust FROM peer_keys k"
+            " JOIN peers p ON p.id = k.peer_id WHERE k.retired_at_seq IS NULL"
+        )
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+    async def feed_texts_after(self, after: int, limit: int, max_bytes: int) -> list[str]:
+        """Canonical texts of our own entries after `after`: at most `limit`, and at most
+        `max_bytes` in all (always at least one if there is one)."""
+        rows = await self.fetch_all(
+            "SELECT entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        texts, size = [], 0
+        for (text,) in rows:
+            size += len(text.encode("utf-8")) + 1
+            if texts and size > max_bytes:
+                break
+            texts.append(text)
+        return texts
+
+    async def feed_head_seq(self) -> int:
+        row = await self.fetch_one("SELECT max(seq) FROM feed")
+        return row[0] or 0
 
     async def remember_nonce(self, key_id: str, nonce: str, now: int, window: int) -> bool:
         """Record a request nonce; False if the same key used it within `window` seconds."""

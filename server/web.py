@@ -5,6 +5,7 @@ so a rule enforced for one surface is enforced for both. A rule broken in a form
 the form with the message beside its field and the member's input kept.
 """
 
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from starlette.datastructures import FormData
@@ -16,10 +17,18 @@ from federation.items import N_
 from federation.timefmt import format_time, parse_time
 
 from .api import item_query, page_of_items
-from .errors import ClientError, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
+from .errors import (
+    BadGateway,
+    ClientError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
 from .node import ROLES, has_role
 from .routing import client_address, page, session_cookie_name
-from .store import ItemQuery
+from .store import ItemQuery, Peer
 
 BROWSE_PAGE_SIZE = 30
 
@@ -372,6 +381,80 @@ async def audit_log(request: Request) -> Response:
                   {"entries": await request.app.state.node.store.audit_entries()})  # fmt: skip
 
 
+# ---------------------------------------------------------------------------- admin: peers
+
+# What each button on a peer does, as arguments to `Allies.set_peer` ("resync" is separate).
+PEER_ACTIONS: dict[str, dict] = {
+    "trust": {"trust": "trusted"}, "untrust": {"trust": "unknown"}, "block": {"trust": "blocked"},
+    "relay_on": {"relay": True}, "relay_off": {"relay": False},
+    "follow": {"follow": True}, "unfollow": {"follow": False},
+}  # fmt: skip
+PEER_REFUSALS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """A peer as the admin page shows it: its row, its pinned key, what it sent that we refused."""
+
+    peer: Peer
+    fingerprint: str | None
+    refusals: list
+
+    @property
+    def lag(self) -> int:
+        """Entries of its feed we know of but have not taken in."""
+        return max(self.peer.head_seq, self.peer.received_seq) - self.peer.received_seq
+
+
+async def _peers_page(request: Request, *, values: dict | None = None,
+                      errors: dict | None = None, status_code: int = 200) -> Response:  # fmt: skip
+    node = request.app.state.node
+    prints = await node.allies.fingerprints()
+    views = [PeerView(peer, prints.get(peer.id), await node.store.refusals(peer.id, PEER_REFUSALS_SHOWN))
+             for peer in await node.store.peers()]  # fmt: skip
+    # After adding, the notice names the peer and its fingerprint, read from the store (the
+    # query only says which peer), so it shows what was pinned, whatever the link says.
+    raw = request.query_params.get("added", "")
+    added = next((v for v in views if raw.isascii() and raw.isdigit() and v.peer.id == int(raw)), None)
+    return render(request, "admin/peers.html", {
+        "peers": views, "added": added, "added_known": request.query_params.get("known") == "1",
+        "waiting": [v for v in views if v.peer.they_follow == "pending" and v.peer.trust != "blocked"],
+        "values": values or {}, "errors": errors or {},
+    }, status_code=status_code)  # fmt: skip
+
+
+async def peers(request: Request) -> Response:
+    node = request.app.state.node
+    if request.method == "GET":
+        return await _peers_page(request)
+    form = await request.form()
+    url = str(form.get("url", ""))[:2048]
+    try:
+        peer, created = await node.allies.add_peer(url, request.state.user)
+    except (Invalid, BadGateway) as error:  # a bad address, or a node that cannot be read
+        return await _peers_page(request, values={"url": url},
+                                 errors={"url": translate(request, error.message)},
+                                 status_code=error.status)  # fmt: skip
+    query = {"added": peer.id, **({} if created else {"known": 1})}
+    return redirect(f"/admin/peers?{urlencode(query)}#peer-{peer.id}")
+
+
+async def change_peer(request: Request) -> Response:
+    node = request.app.state.node
+    raw_id = request.path_params["peer_id"]
+    if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 15:
+        raise NotFound(N_("no such peer"))
+    form = await request.form()
+    action = str(form.get("action", ""))
+    if action == "resync":
+        peer = await node.allies.resync(int(raw_id), request.state.user)
+    elif action in PEER_ACTIONS:
+        peer = await node.allies.set_peer(int(raw_id), request.state.user, **PEER_ACTIONS[action])
+    else:
+        raise ClientError(N_("unknown action on a peer"))
+    return redirect(f"/admin/peers#peer-{peer.id}")
+
+
 routes = [
     page("/", home, "anyone"),
     page("/login", login, "anyone", methods=("GET", "POST")),
@@ -389,4 +472,6 @@ routes = [
     page("/admin/invites", invites, "admin", methods=("GET", "POST")),
     page("/admin/invites/{invite_id}/revoke", revoke_invite, "admin", methods=("POST",)),
     page("/admin/audit", audit_log, "admin"),
+    page("/admin/peers", peers, "admin", methods=("GET", "POST")),
+    page("/admin/peers/{peer_id}", change_peer, "admin", methods=("POST",)),
 ]

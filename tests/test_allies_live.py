@@ -58,14 +58,21 @@ def eventually(check, what: str, timeout: float = 20.0, nodes: tuple = ()):
 
 
 def ally(a: Admin, b: Admin) -> None:
-    """Each admin adds the other: trusted and followed both ways."""
+    """Each admin adds the other: trusted and followed both ways.
+
+    A's subscription reaches B first: B does not know A, so it fetches A's node document and
+    keeps the subscription pending. B's admin then adds A, which trusts A (accepting the
+    pending subscription and telling A so) and subscribes to A in turn."""
     added = a.post("/api/v1/peers", {"url": b.node.url})
     assert added.status_code == 201, added.text
+    assert added.json()["we_follow"] == "pending"
+    waiting = b.peer(a.node.url)
+    assert (waiting["trust"], waiting["they_follow"]) == ("unknown", "pending")
     added = b.post("/api/v1/peers", {"url": a.node.url})
-    assert added.status_code == 201, added.text
-    # A read B before B trusted A and was refused; the admin's retry reads it now.
-    retried = a.patch(f"/api/v1/peers/{a.peer(b.node.url)['id']}", {"follow": True})
-    assert retried.status_code == 200, retried.text
+    assert added.status_code == 200, added.text  # known already: now trusted and followed
+    assert added.json()["trust"] == "trusted" and added.json()["we_follow"] == "accepted"
+    eventually(lambda: a.peer(b.node.url)["we_follow"] == "accepted", "B telling A it accepted",
+               nodes=(a.node, b.node))  # fmt: skip
 
 
 @pytest.fixture
@@ -97,7 +104,9 @@ def test_two_nodes_ally_and_see_each_others_offers_change_and_leave(pair):
     item = west.get("/api/v1/items", origin="remote").json()["items"][0]
     assert item["id"] == posted["id"] and item["origin"] == east.node.url
     assert item["origin_name"] == "Eastside"
-    assert eventually(lambda: west.peer(east.node.url)["we_follow"] == "accepted", "follow state")
+    for admin, other in ((west, east), (east, west)):
+        shown = admin.peer(other.node.url)
+        assert (shown["we_follow"], shown["they_follow"]) == ("accepted", "accepted"), shown
     # A change and a withdrawal at the origin reach the ally.
     uuid = posted["id"].rsplit("/", 1)[1]
     assert east.patch(f"/api/v1/items/{uuid}", {"title": "Ramp, 2 m"}).status_code == 200
@@ -111,8 +120,11 @@ def test_two_nodes_ally_and_see_each_others_offers_change_and_leave(pair):
     assert blocked.status_code == 200 and blocked.json()["trust"] == "blocked"
     assert west.remote_titles() == set()
     east.patch(f"/api/v1/peers/{east.peer(west.node.url)['id']}", {"follow": True})  # read now
-    eventually(lambda: (east.peer(west.node.url)["last_error"] or "").startswith("the feed answered 401"),
-               "west refusing east's reads", nodes=nodes)  # fmt: skip
+    eventually(lambda: "401" in (east.peer(west.node.url)["last_error"] or ""),
+               "west refusing east's requests", nodes=nodes)  # fmt: skip
+    east.post("/api/v1/items", {**OFFER, "title": "Jam"})
+    time.sleep(1)
+    assert west.remote_titles() == set()
 
 
 def test_a_node_killed_while_its_ally_posts_catches_up_after_restart(pair):
@@ -143,3 +155,22 @@ def test_an_origin_killed_right_after_accepting_posts_loses_none(pair):
     assert {item["title"] for item in local} == titles
     assert east.node.cli("check").stdout.startswith("ok: 30 entries")
     eventually(lambda: west.remote_titles() == titles, "all 30 at west", nodes=nodes)
+
+
+def test_pushed_entries_arrive_without_waiting_for_a_pull(tmp_path):
+    """With pulls an hour apart, only pushes can carry a post to the ally."""
+    slow = {"AIDNODE_POLL_INTERVAL": "3600"}
+    east = LiveNode(tmp_path, "Eastside", env=slow).init()
+    west = LiveNode(tmp_path, "Westside", env=slow).init()
+    admins = Admin(east), Admin(west)
+    east.start(), west.start()
+    try:
+        ally(*admins)
+        for i in range(3):
+            admins[0].post("/api/v1/items", {**OFFER, "title": f"Pushed {i}"})
+        eventually(lambda: admins[1].remote_titles() == {"Pushed 0", "Pushed 1", "Pushed 2"},
+                   "the pushed offers at west", nodes=(east, west))  # fmt: skip
+        assert admins[0].peer(west.url)["delivered_seq"] == 3
+        # And west's cursor, as east may ask for it, says the same.
+    finally:
+        east.stop(), west.stop()

@@ -35,14 +35,24 @@ EXPECTED = {
     ("POST", "/admin/invites"): "admin",
     ("POST", "/admin/invites/{invite_id}/revoke"): "admin",
     ("GET", "/admin/audit"): "admin",
+    ("GET", "/admin/peers"): "admin",
+    ("POST", "/admin/peers"): "admin",
+    ("POST", "/admin/peers/{peer_id}"): "admin",
     ("GET", "/api/v1/items"): "member",
     ("POST", "/api/v1/items"): "member",
     ("GET", "/api/v1/items/{uuid}"): "member",
     ("PATCH", "/api/v1/items/{uuid}"): "member",
+    ("GET", "/api/v1/peers"): "admin",
+    ("POST", "/api/v1/peers"): "admin",
+    ("PATCH", "/api/v1/peers/{id}"): "admin",
     ("GET", "/api/v1/openapi.json"): "anyone",
     ("GET", "/.well-known/aidnode"): "anyone",
     ("GET", "/healthz"): "anyone",
     ("GET", "/federation/feed"): "feed_reader",
+    ("GET", "/federation/cursor"): "trusted_node",
+    ("POST", "/federation/inbox"): "trusted_node",
+    ("POST", "/federation/subscriptions"): "any_node",
+    ("DELETE", "/federation/subscriptions"): "any_node",
 }
 # Routes on one item that only its poster or a coordinator may use: the item in the matrix
 # belongs to someone else, so a plain member is refused (403) there.
@@ -66,7 +76,7 @@ def may(access: str, role: str | None, public_offers: bool) -> bool:
         return True
     if access == "visitor_if_public":
         return public_offers or role is not None
-    if access in ("feed_reader", "trusted_node"):
+    if access in ("feed_reader", "trusted_node", "any_node"):
         return False  # only other nodes, by signature (tests/test_feed.py); people never
     return RANK[role] >= RANK[access]
 
@@ -91,7 +101,7 @@ async def test_route_role_matrix(harness_factory, public_offers):
         await h.node.new_invite("member", None)
         invite_id = (await h.node.store.list_invites())[0]["id"]
         params = {"uuid": item_uuid, "code": "x" * 43, "user_id": str(member.id),
-                  "invite_id": str(invite_id)}  # fmt: skip
+                  "invite_id": str(invite_id), "id": "1", "peer_id": "1"}  # fmt: skip
 
         for role in ROLES:
             # One logged-in browser and one API client per role.

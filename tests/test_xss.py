@@ -31,14 +31,14 @@ async def test_payloads_in_every_field_render_inert(harness, payload):
     # Every page that shows the item or the member, as the poster and as an admin.
     admin = await harness.browser("root", "admin")
     for url in ("/", "/items", f"/items?q={payload[:20]}", f"/items/{uuid}", f"/items/{uuid}/edit",
-                "/admin/members", "/admin/audit"):
+                "/admin/members", "/admin/audit", "/admin/peers"):
         page = await admin.get(url)
         assert page.status_code == 200, url
         html = page.text
         for dangerous in ("<script>alert", "<img src=x", "<svg onload", "onerror=\"alert"):
             assert dangerous not in html, (url, dangerous)
         if "{{" in payload:
-            assert "{{ 7*7 }}" in html or url in ("/admin/members", "/admin/audit")
+            assert "{{ 7*7 }}" in html or url in ("/admin/members", "/admin/audit", "/admin/peers")
             assert ">49<" not in html
     # The JSON answer carries the text unchanged: escaping is the page's job.
     assert created.json()["title"] == payload

@@ -18,6 +18,10 @@ ALTER TABLE peers ADD COLUMN last_success TEXT;
 ALTER TABLE peers ADD COLUMN last_error TEXT;
 ALTER TABLE peers ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE peers ADD COLUMN next_attempt TEXT;
+-- Pushing our entries to them, when they follow us: backs off on its own.
+ALTER TABLE peers ADD COLUMN push_failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE peers ADD COLUMN push_next_attempt TEXT;
+ALTER TABLE peers ADD COLUMN push_stopped INTEGER NOT NULL DEFAULT 0 CHECK (push_stopped IN (0, 1));
 
 CREATE TABLE ingest_refusals (
     id INTEGER PRIMARY KEY,
