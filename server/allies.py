@@ -223,8 +223,11 @@ class Allies:
                 if state != peer.we_follow:
                     fields["we_follow"] = state
                     changes.append("follow" if follow else "unfollow")
-            if (follow or trust == "trusted") and peer.next_attempt is not None:
-                fields["next_attempt"] = None  # an admin's say-so is a retry: read it now
+            if follow or trust == "trusted":  # an admin's say-so is a retry, both ways
+                if peer.next_attempt is not None:
+                    fields["next_attempt"] = None
+                if peer.push_stopped or peer.push_next_attempt is not None:
+                    fields.update(push_stopped=0, push_next_attempt=None)
             if fields:
                 await self.store.update_peer(db, peer_id, **fields)
             if changes:
@@ -310,6 +313,16 @@ class Allies:
                         (pinned_id, cursor.lastrowid, public, retired),
                     )
         self.node.peer_names.setdefault(url, doc.name)
+
+    async def heard_from(self, peer_id: int) -> None:
+        """A signed request from a peer: if pushing to it had stopped or was backing off, it is
+        reachable again, so resume now."""
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer is None or not (peer.push_stopped or peer.push_next_attempt):
+                return
+            await self.store.update_peer(db, peer_id, push_stopped=0, push_next_attempt=None)
+        self.wake_delivery()
 
     async def _note(self, peer_id: int, error: str) -> None:
         async with self.store.write() as db:

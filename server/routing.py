@@ -109,7 +109,9 @@ async def identify_node(request: Request, *, any_node: bool = False) -> "SignedB
         verified.key_id, verified.nonce, int(now.timestamp()), NONCE_MEMORY_SECONDS
     ):
         raise Unauthorized("signature refused: this nonce was already used (a replay)")
-    peer_id, _, trust = keys[verified.key_id]
+    peer_id, _, trust, push_paused = keys[verified.key_id]
+    if push_paused and trust == "trusted":
+        await node.allies.heard_from(peer_id)
     return SignedBy(peer_id=peer_id, node=verified.key_id.rsplit("#", 1)[0],
                     key_id=verified.key_id, trust=trust)  # fmt: skip
 

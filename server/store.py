@@ -709,13 +709,15 @@ class Store:
             )
             return cursor.rowcount
 
-    async def request_keys(self) -> dict[str, tuple[int, str, str]]:
-        """Current pinned keys of every known node: key id → (peer id, public key, trust)."""
+    async def request_keys(self) -> dict[str, tuple[int, str, str, bool]]:
+        """Current pinned keys of every known node: key id → (peer id, public key, trust,
+        whether pushing to it is paused)."""
         rows = await self.fetch_all(
-            "SELECT k.key_id, k.peer_id, k.public, p.trust FROM peer_keys k"
+            "SELECT k.key_id, k.peer_id, k.public, p.trust,"
+            " p.push_stopped OR p.push_next_attempt IS NOT NULL FROM peer_keys k"
             " JOIN peers p ON p.id = k.peer_id WHERE k.retired_at_seq IS NULL"
         )
-        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+        return {row[0]: (row[1], row[2], row[3], bool(row[4])) for row in rows}
 
     async def feed_texts_after(self, after: int, limit: int, max_bytes: int) -> list[str]:
         """Canonical texts of our own entries after `after`: at most `limit`, and at most

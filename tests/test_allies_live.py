@@ -174,3 +174,60 @@ def test_pushed_entries_arrive_without_waiting_for_a_pull(tmp_path):
         # And west's cursor, as east may ask for it, says the same.
     finally:
         east.stop(), west.stop()
+
+
+def test_unsigned_wrongly_signed_and_forged_pushes_to_a_real_node_change_nothing(pair):
+    from datetime import UTC, datetime
+
+    from federation.entries import sign_entry
+    from federation.httpsig import sign_request
+    from federation.keys import generate_key, load_key
+
+    east, west = pair
+    ally(east, west)
+    eventually(lambda: west.peer(east.node.url)["we_follow"] == "accepted", "west following")
+    east_key = load_key(east.node.data / "keys" / "main.pem", "main")
+    inbox = f"{west.node.url}/federation/inbox"
+    entry = sign_entry(origin=east.node.url, seq=1, prev=None, type="item",
+                       at="2026-11-24T18:00:00Z", key=east_key, body={
+                           "id": f"{east.node.url}/items/00000000-0000-4000-8000-000000000001",
+                           "kind": "offer", "title": "Planted", "body": "Not posted at east.",
+                           "category": "food", "status": "open", "reach": "allies",
+                           "created": "2026-11-24T18:00:00Z", "updated": "2026-11-24T18:00:00Z",
+                           "expires": "2026-12-24T18:00:00Z", "version": 1, "author": "Mallory"})  # fmt: skip
+    body = {"type": "entries", "origin": east.node.url, "entries": [entry]}
+
+    def post(key, key_id, payload) -> httpx.Response:
+        request = httpx.Request("POST", inbox, json=payload)
+        if key is not None:
+            sign_request(request, key, key_id, now=datetime.now(UTC))
+        with httpx.Client() as client:
+            return client.send(request)
+
+    assert post(None, None, body).status_code == 401  # unsigned
+    thief = generate_key("main")
+    assert post(thief, f"{east.node.url}#main", body).status_code == 401  # wrong key
+    # East's real key, pushing entries it says are another node's: refused.
+    forged = {**body, "origin": "http://127.0.0.1:9"}
+    assert post(east_key, f"{east.node.url}#main", forged).status_code == 403
+    # Entries from east's own chain, but signed by another key: refused, with what west holds.
+    stolen_name = sign_entry(origin=east.node.url, seq=1, prev=None, type="item", key=thief,
+                             at=entry["at"], body=entry["body"])  # fmt: skip
+    planted = post(east_key, f"{east.node.url}#main", {**body, "entries": [stolen_name]})
+    assert planted.status_code == 422 and planted.json()["received"] == {"seq": 0, "hash": None}
+    assert "Planted" not in west.remote_titles()
+    assert west.peer(east.node.url)["received_seq"] == 0
+
+
+def test_a_node_with_the_guard_on_refuses_a_peer_at_a_private_address(tmp_path):
+    guarded = LiveNode(tmp_path, "Guarded", env={"AIDNODE_ALLOW_PRIVATE_ADDRESSES": "0"}).init()
+    other = LiveNode(tmp_path, "Other").init()
+    admin = Admin(guarded)
+    guarded.start(), other.start()
+    try:
+        refused = admin.post("/api/v1/peers", {"url": other.url})
+        assert refused.status_code == 502 and "loopback" in refused.json()["error"]
+        assert admin.get("/api/v1/peers").json() == {"peers": []}
+        assert "GET /.well-known/aidnode" not in other.log()  # no request ever reached it
+    finally:
+        guarded.stop(), other.stop()

@@ -190,3 +190,19 @@ async def test_a_known_node_signing_with_an_unannounced_key_is_refused_and_shown
     assert response.status_code == 401
     peer = await harness.node.store.peer(peer_id)
     assert peer.last_error.startswith("key: ") and peer.they_follow == "none"
+
+
+async def test_a_signed_request_from_a_node_resumes_pushing_to_it(harness):
+    """Pushing to a follower stops after a refusal or long failures; the next signed request
+    from that node shows it is back, and pushing resumes at once."""
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    async with harness.node.store.write() as db:
+        await harness.node.store.update_peer(db, peer_id, they_follow="accepted", push_stopped=1,
+                                             push_next_attempt="2026-11-25T18:00:00Z")  # fmt: skip
+    assert not harness.node.allies.delivers_to(await harness.node.store.peer(peer_id))
+    response = await send(harness, signed(harness, feed.key, "GET", "/federation/cursor"))
+    assert response.status_code == 200
+    peer = await harness.node.store.peer(peer_id)
+    assert (peer.push_stopped, peer.push_next_attempt) == (False, None)
+    assert harness.node.allies.delivers_to(peer)
