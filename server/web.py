@@ -420,6 +420,7 @@ async def _peers_page(request: Request, *, values: dict | None = None,
         "peers": views, "added": added, "added_known": request.query_params.get("known") == "1",
         "waiting": [v for v in views if v.peer.they_follow == "pending" and v.peer.trust != "blocked"],
         "values": values or {}, "errors": errors or {},
+        "our_head": await node.store.feed_head_seq(),
     }, status_code=status_code)  # fmt: skip
 
 

@@ -271,3 +271,22 @@ async def test_bad_peer_changes_are_refused_and_change_nothing(harness, body, fi
     assert response.status_code == 422 and response.json()["field"] == field
     assert await harness.node.store.peer(peer_id) == before
     assert (await admin.patch("/api/v1/peers/999", json={"relay": True})).status_code == 404
+
+
+async def test_browse_search_and_the_item_page_show_allied_items_with_their_group(harness):
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    feed.append(item(1))
+    await harness.node.allies.ingest(peer_id, feed.entries)
+    browser = await harness.browser("jo")
+    listing = (await browser.get("/items")).text
+    assert "Soup on Sundays" in listing and "From Westside" in listing
+    assert "Soup on Sundays" in (await browser.get("/items", params={"q": "lentil"})).text
+    assert "Soup on Sundays" not in (await browser.get("/items", params={"origin": "local"})).text
+    page = await browser.get("/items/00000000-0000-4000-8000-000000000001")
+    assert page.status_code == 200 and "from Westside" in page.text
+    # A remote item cannot be changed here: only at its origin.
+    api = await harness.api_client("ann")
+    patch = await api.patch("/api/v1/items/00000000-0000-4000-8000-000000000001",
+                            json={"title": "Mine now"})  # fmt: skip
+    assert patch.status_code == 403

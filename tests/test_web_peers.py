@@ -313,3 +313,17 @@ async def test_text_from_other_nodes_is_shown_as_text(harness, payload):
         assert dangerous not in page.text, dangerous
     assert str(escape(payload)) in card(page.text, peer_id)
     assert ">49<" not in page.text
+
+
+async def test_a_follower_shows_how_much_of_our_feed_it_has_and_whether_pushing_paused(harness):
+    member = await harness.api_client("jo")
+    for title in ("Soup", "Bread", "Jam"):
+        await member.post("/api/v1/items", json={"kind": "offer", "title": title,
+                                                 "body": "Homemade.", "category": "food"})  # fmt: skip
+    peer_id = await add_peer_row(harness, they_follow="accepted", delivered_seq=1, push_stopped=1)
+    admin = await harness.browser("root", "admin")
+    shown = card((await admin.get("/admin/peers")).text, peer_id)
+    assert "Our entries delivered" in shown and "1 of 3" in shown
+    assert "Pushing stopped" in shown
+    quiet = await add_peer_row(harness, url="https://north.example", name="North")
+    assert "Our entries delivered" not in card((await admin.get("/admin/peers")).text, quiet)
