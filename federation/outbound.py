@@ -265,18 +265,22 @@ class Outbound:
         await self._pool.aclose()
 
     async def request(
-        self, method: str, url: str, *, json_body: Any = None, signed: bool = True,
-        max_bytes: int | None = None,
+        self, method: str, url: str, *, json_body: Any = None, json_bytes: bytes | None = None,
+        signed: bool = True, max_bytes: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - one limit over the whole exchange
     ) -> Reply:  # fmt: skip
         """Send one request and return the answer, or raise FetchError.
 
-        `json_body` (if not None) is sent as compact UTF-8 JSON. With `signed`, the request
-        carries the node's RFC 9421 signature (over content-digest too when there is a body).
+        `json_body` (if not None) is sent as compact UTF-8 JSON; `json_bytes` is JSON the
+        caller has already encoded, sent as it is (say, one body for many receivers). With
+        `signed`, the request carries the node's RFC 9421 signature (over content-digest too
+        when there is a body).
         """
         if signed and self._signer is None:
             raise ValueError("a signed request needs a signer")
-        request = self._build(method, url, json_body, signed)
+        if json_body is not None and json_bytes is not None:
+            raise ValueError("give json_body or json_bytes, not both")
+        request = self._build(method, url, json_body, signed, json_bytes)
         limit = self.max_bytes if max_bytes is None else max_bytes
         seconds = self.timeout if timeout is None else timeout
         try:
@@ -287,7 +291,8 @@ class Outbound:
         except _TRANSPORT_ERRORS as error:
             raise FetchError(_describe(error)) from error
 
-    def _build(self, method: str, url: str, json_body: Any, signed: bool) -> httpx.Request:
+    def _build(self, method: str, url: str, json_body: Any, signed: bool,
+               json_bytes: bytes | None = None) -> httpx.Request:  # fmt: skip
         try:
             target = httpx.URL(url)
         except (httpx.InvalidURL, TypeError) as error:
@@ -301,10 +306,11 @@ class Outbound:
             raise FetchError("the URL must not carry a user name or password")
         headers = {"Accept": "application/json", "Accept-Encoding": "identity",
                    "User-Agent": self._user_agent}  # fmt: skip
-        content = None
+        content = json_bytes
         if json_body is not None:
             text = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
             content = text.encode("utf-8")
+        if content is not None:
             headers["Content-Type"] = "application/json"
         request = httpx.Request(method, target, headers=headers, content=content)
         if signed:

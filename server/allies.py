@@ -400,21 +400,31 @@ class Allies:
     def delivers_to(self, peer: Peer) -> bool:
         return peer.trust == "trusted" and peer.they_follow == "accepted" and not peer.push_stopped
 
-    async def deliver(self, peer: Peer) -> int:
-        """Push our entries after the peer's delivered cursor, in batches; entries delivered."""
+    async def deliver(self, peer: Peer, bodies: dict | None = None) -> int:
+        """Push our entries after the peer's delivered cursor, in batches; entries delivered.
+
+        `bodies` caches push bodies by (after, batch size) for one round, so followers at the
+        same cursor share one body: the stored canonical texts are joined, never re-parsed."""
         if not self.delivers_to(peer):
             return 0
         await self._load_key()
-        batch, total = PUSH_BATCH, 0
+        bodies = {} if bodies is None else bodies
+        origin = json.dumps(self.node.config.base_url)
+        batch, total, delivered = PUSH_BATCH, 0, peer.delivered_seq
         for _ in range(PULL_PAGES_PER_ROUND):
-            texts = await self.store.feed_texts_after(peer.delivered_seq, batch, PUSH_MAX_BYTES)
-            if not texts:
+            cached = bodies.get((delivered, batch))
+            if cached is None:
+                texts = await self.store.feed_texts_after(delivered, batch, PUSH_MAX_BYTES)
+                last = json.loads(texts[-1])["seq"] if texts else delivered
+                body = (f'{{"type":"entries","origin":{origin},"entries":['
+                        + ",".join(texts) + "]}").encode()  # fmt: skip
+                cached = bodies[(delivered, batch)] = (bool(texts), last, body)
+            has_entries, last, body = cached
+            if not has_entries:
                 return total
-            entries = [json.loads(text) for text in texts]
             try:
-                reply = await self.outbound.request("POST", f"{peer.url}/federation/inbox", json_body={
-                    "type": "entries", "origin": self.node.config.base_url, "entries": entries,
-                })  # fmt: skip
+                reply = await self.outbound.request("POST", f"{peer.url}/federation/inbox",
+                                                    json_bytes=body)  # fmt: skip
             except FetchError as error:
                 await self._push_failed(peer, str(error))
                 return total
@@ -427,13 +437,13 @@ class Allies:
                 await self._push_failed(peer, f"pushing: {reply.status}: {_reason(reply)}", stop=stop)
                 return total
             # The receiver says what it holds: go on from there (a 409 may move us back).
-            delivered = min(received, await self.store.feed_head_seq())
-            progressed = delivered > peer.delivered_seq
-            total += max(0, delivered - peer.delivered_seq)
+            now_at = min(received, last)
+            progressed = now_at > delivered
+            total += max(0, now_at - delivered)
+            delivered = now_at
             async with self.store.write() as db:
                 await self.store.update_peer(db, peer.id, delivered_seq=delivered, push_failures=0,
                                              push_next_attempt=None)  # fmt: skip
-            peer = await self.store.peer(peer.id)
             if not progressed and reply.status == 200:
                 return total  # it took nothing new: try again later, not in a tight loop
         return total
@@ -457,10 +467,12 @@ class Allies:
                and peer.id not in self._pushing
                and not (peer.push_next_attempt and parse_time(peer.push_next_attempt) > now)]
 
+        bodies: dict = {}
+
         async def one(peer: Peer) -> int:
             self._pushing.add(peer.id)
             try:
-                return await self.deliver(peer)
+                return await self.deliver(peer, bodies)
             finally:
                 self._pushing.discard(peer.id)
 

@@ -519,6 +519,19 @@ async def test_a_signed_post_verifies_and_its_digest_covers_the_body(server):
                        nonces=None)  # fmt: skip
 
 
+async def test_pre_encoded_json_is_sent_as_it_is_and_signed(server):
+    """json_bytes (one body built once for many receivers) goes out byte for byte, signed."""
+    body = b'{"type":"entries","entries":[{"b":1, "a":2}]}'
+    async with outbound() as client:
+        reply = await client.request("POST", f"{server.base_url}/verify", json_bytes=body)
+        with pytest.raises(ValueError, match="not both"):
+            await client.request("POST", f"{server.base_url}/verify", json_body={}, json_bytes=b"{}")
+    assert reply.status == 200, reply.body
+    [seen] = server.requests
+    assert seen.body == body and seen.header("content-type") == "application/json"
+    assert '"content-digest"' in seen.header("signature-input")
+
+
 async def test_unsigned_requests_carry_no_signature(server):
     """signed=False sends no signature (the receiver answers 401); signed needs a signer."""
     async with outbound() as client:
