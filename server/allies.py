@@ -404,49 +404,59 @@ class Allies:
         """Push our entries after the peer's delivered cursor, in batches; entries delivered.
 
         `bodies` caches push bodies by (after, batch size) for one round, so followers at the
-        same cursor share one body: the stored canonical texts are joined, never re-parsed."""
+        same cursor share one body: the stored canonical texts are joined, never re-parsed.
+        The delivered cursor is saved once, when the round for this peer ends: should the node
+        stop before, it pushes some entries again, which the receiver skips."""
         if not self.delivers_to(peer):
             return 0
         await self._load_key()
         bodies = {} if bodies is None else bodies
         origin = json.dumps(self.node.config.base_url)
-        batch, total, delivered = PUSH_BATCH, 0, peer.delivered_seq
-        for _ in range(PULL_PAGES_PER_ROUND):
-            cached = bodies.get((delivered, batch))
-            if cached is None:
-                texts = await self.store.feed_texts_after(delivered, batch, PUSH_MAX_BYTES)
-                last = json.loads(texts[-1])["seq"] if texts else delivered
-                body = (f'{{"type":"entries","origin":{origin},"entries":['
-                        + ",".join(texts) + "]}").encode()  # fmt: skip
-                cached = bodies[(delivered, batch)] = (bool(texts), last, body)
-            has_entries, last, body = cached
-            if not has_entries:
-                return total
-            try:
-                reply = await self.outbound.request("POST", f"{peer.url}/federation/inbox",
-                                                    json_bytes=body)  # fmt: skip
-            except FetchError as error:
-                await self._push_failed(peer, str(error))
-                return total
-            if reply.status == 413 and batch > 1:
-                batch //= 2
-                continue
-            received = _received(reply) if reply.status in (200, 409) else None
-            if received is None:
-                stop = 400 <= reply.status < 500 and reply.status not in (401, 408, 429)
-                await self._push_failed(peer, f"pushing: {reply.status}: {_reason(reply)}", stop=stop)
-                return total
-            # The receiver says what it holds: go on from there (a 409 may move us back).
-            now_at = min(received, last)
-            progressed = now_at > delivered
-            total += max(0, now_at - delivered)
-            delivered = now_at
-            async with self.store.write() as db:
-                await self.store.update_peer(db, peer.id, delivered_seq=delivered, push_failures=0,
-                                             push_next_attempt=None)  # fmt: skip
-            if not progressed and reply.status == 200:
-                return total  # it took nothing new: try again later, not in a tight loop
-        return total
+        batch, total, delivered, failed = PUSH_BATCH, 0, peer.delivered_seq, False
+        try:
+            for _ in range(PULL_PAGES_PER_ROUND):
+                cached = bodies.get((delivered, batch))
+                if cached is None:
+                    texts = await self.store.feed_texts_after(delivered, batch, PUSH_MAX_BYTES)
+                    last = json.loads(texts[-1])["seq"] if texts else delivered
+                    body = (f'{{"type":"entries","origin":{origin},"entries":['
+                            + ",".join(texts) + "]}").encode()  # fmt: skip
+                    cached = bodies[(delivered, batch)] = (bool(texts), last, body)
+                has_entries, last, body = cached
+                if not has_entries:
+                    return total
+                try:
+                    reply = await self.outbound.request("POST", f"{peer.url}/federation/inbox",
+                                                        json_bytes=body)  # fmt: skip
+                except FetchError as error:
+                    failed = True
+                    await self._push_failed(peer, str(error))
+                    return total
+                if reply.status == 413 and batch > 1:
+                    batch //= 2
+                    continue
+                received = _received(reply) if reply.status in (200, 409) else None
+                if received is None:
+                    stop = 400 <= reply.status < 500 and reply.status not in (401, 408, 429)
+                    failed = True
+                    await self._push_failed(peer, f"pushing: {reply.status}: {_reason(reply)}",
+                                            stop=stop)  # fmt: skip
+                    return total
+                # The receiver says what it holds: go on from there (a 409 may move us back).
+                now_at = min(received, last)
+                progressed = now_at > delivered
+                total += max(0, now_at - delivered)
+                delivered = now_at
+                if not progressed and reply.status == 200:
+                    return total  # it took nothing new: try again later, not in a tight loop
+            return total
+        finally:
+            if delivered != peer.delivered_seq or total:
+                async with self.store.write() as db:
+                    fields: dict[str, Any] = {"delivered_seq": delivered}
+                    if total and not failed:
+                        fields.update(push_failures=0, push_next_attempt=None)
+                    await self.store.update_peer(db, peer.id, **fields)
 
     async def _push_failed(self, peer: Peer, reason: str, *, stop: bool = False) -> None:
         failures = peer.push_failures + 1
