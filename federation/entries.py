@@ -88,6 +88,12 @@ def sign_entry_encoded(
 
 def check_shape(entry: object, *, origin: str | None = None) -> dict:
     """Strictly check an entry's fields and types (not its signature); return it."""
+    return check_shape_encoded(entry, origin=origin)[0]
+
+
+def check_shape_encoded(entry: object, *, origin: str | None = None) -> tuple[dict, bytes]:
+    """`check_shape`, also returning the entry's canonical bytes (measured for its size, and
+    what its hash is taken over), so a reader canonicalizes the whole entry only once."""
     if not isinstance(entry, dict):
         raise EntryError("an entry must be a JSON object")
     if set(entry) != set(ENTRY_FIELDS):
@@ -125,10 +131,10 @@ def check_shape(entry: object, *, origin: str | None = None) -> dict:
         b64url_decode(entry["sig"], SIGNATURE_CHARS, "sig")
     except MalformedError as error:
         raise EntryError(str(error)) from None
-    size = len(canonical(entry))
-    if size > MAX_ENTRY_BYTES[entry["type"]]:
+    encoded = canonical(entry)
+    if len(encoded) > MAX_ENTRY_BYTES[entry["type"]]:
         raise EntryError(f"a {entry['type']} entry is at most {MAX_ENTRY_BYTES[entry['type']]} bytes")
-    return entry
+    return entry, encoded
 
 
 def verify_signature(entry: dict, public: Ed25519PublicKey) -> None:
@@ -195,7 +201,7 @@ class ChainState:
         Checks shape, origin, seq (no gap), prev (the hash held), the key in force and the
         signature; a `key` entry, once verified with the old key, makes its new key current.
         """
-        entry = check_shape(entry, origin=self.origin)
+        entry, encoded = check_shape_encoded(entry, origin=self.origin)
         if entry["seq"] != self.seq + 1:
             raise EntryError(f"expected entry {self.seq + 1}, got {entry['seq']}")
         if entry["prev"] != self.hash:
@@ -206,7 +212,7 @@ class ChainState:
         if entry["type"] == "key":
             self.key_id, self.public = check_key_entry(entry)
         self.seq = entry["seq"]
-        self.hash = entry_hash(entry)
+        self.hash = hash_bytes(encoded)
         return entry
 
 

@@ -402,10 +402,13 @@ def _check_id(value: Any, origin: str | None) -> None:
         raise ValidationError("id", N_("the item id is not under its origin's base URL"))
 
 
-def validate_state(state: Any, *, origin: str | None = None) -> dict:
+def validate_state(state: Any, *, origin: str | None = None, in_entry: bool = False) -> dict:
     """Check a whole protocol state; return it unchanged if valid.
 
     With `origin`, the id must be under that base_url (a node refuses items it did not make).
+    With `in_entry`, the state arrived as the body of an entry that passed the chain checks,
+    whose canonical form exists and fits the entry limit: a state is then not canonicalized
+    again to measure it (STATE_MAX_BYTES is the publisher's margin to stay under that limit).
     """
     if not isinstance(state, dict):
         raise ValidationError("", N_("the item must be a JSON object"))
@@ -456,6 +459,8 @@ def validate_state(state: Any, *, origin: str | None = None) -> dict:
     version = state["version"]
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION_MAX:
         raise ValidationError("version", N_("version must be a whole number from 1"))
+    if in_entry:
+        return state
     try:
         size = len(rfc8785.dumps(state))
     except (rfc8785.CanonicalizationError, ValueError, TypeError):

@@ -571,6 +571,11 @@ class Allies:
             chain = ChainState(peer.url, peer.received_seq, peer.received_hash, key_id,
                                parse_public_key(public))  # fmt: skip
             accepted, problem = 0, None
+            versions = await self.store.item_versions_in(db, [
+                raw["body"]["id"] for raw in entries
+                if isinstance(raw, dict) and isinstance(raw.get("body"), dict)
+                and isinstance(raw["body"].get("id"), str)
+            ])  # fmt: skip
             for raw in entries:
                 if isinstance(raw, dict) and type(raw.get("seq")) is int and raw["seq"] <= chain.seq:
                     continue  # held already: a page or push that overlaps
@@ -585,7 +590,7 @@ class Allies:
                     break
                 accepted += 1
                 if entry["type"] == "item":
-                    await self._apply_item(db, peer, entry, now)
+                    await self._apply_item(db, peer, entry, now, versions)
             fields: dict[str, Any] = {
                 "received_seq": chain.seq, "received_hash": chain.hash,
                 "head_seq": max(head_seq, chain.seq, peer.head_seq),
@@ -624,7 +629,10 @@ class Allies:
                 (new_id, peer_id, public_text),
             )
 
-    async def _apply_item(self, db: aiosqlite.Connection, peer: Peer, entry: dict, now: str) -> None:
+    async def _apply_item(self, db: aiosqlite.Connection, peer: Peer, entry: dict, now: str,
+                          versions: dict[str, int]) -> None:  # fmt: skip
+        """Apply an accepted item entry's state, or record why not. `versions` holds the
+        stored version of the batch's items (read once for the batch) and is kept current."""
         state = entry["body"]
         item_id = state.get("id") if isinstance(state.get("id"), str) else None
 
@@ -632,23 +640,24 @@ class Allies:
             await self.store.record_refusal(db, peer.id, entry["seq"], item_id, reason, now)
 
         try:
-            item_rules.validate_state(state, origin=peer.url)
+            item_rules.validate_state(state, origin=peer.url, in_entry=True)
         except ValidationError as error:
             await refuse(f"{error.field or 'item'}: {error}")
             return
         if state["reach"] == "local":
             await refuse("reach: a local item is not for other nodes")
             return
-        held = await self.store.item_in(db, state["id"])
-        if held is not None and held.state["version"] >= state["version"]:
-            await refuse(f"version {state['version']} is not newer than {held.state['version']}")
+        held = versions.get(item_id)
+        if held is not None and held >= state["version"]:
+            await refuse(f"version {state['version']} is not newer than {held}")
             return
         if state["status"] not in item_rules.LIVE_STATUSES or state["expires"] <= now:
             if held is not None:
-                await self.store.drop_remote_item(db, state["id"])
+                await self.store.drop_remote_item(db, item_id)
+                del versions[item_id]
             return
-        await self.store.write_item(db, state, origin=peer.url, is_local=False,
-                                    held_version=None if held is None else held.state["version"])  # fmt: skip
+        await self.store.write_item(db, state, origin=peer.url, is_local=False, held_version=held)
+        versions[item_id] = state["version"]
 
     async def _succeeded(self, peer_id: int, head_seq: int) -> None:
         async with self.store.write() as db:

@@ -605,6 +605,19 @@ class Store:
                                    item_id=state["id"], generation=self.write_generation)  # fmt: skip
         return returned[0][0]
 
+    async def item_versions_in(self, db: aiosqlite.Connection, item_ids: list[str]) -> dict[str, int]:
+        """The stored version of each of these items that is stored, read inside a write
+        transaction, in a few queries rather than one per item."""
+        versions: dict[str, int] = {}
+        unique = sorted(set(item_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = await db.execute_fetchall(
+                f"SELECT id, version FROM items WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+            )
+            versions.update((row[0], row[1]) for row in rows)
+        return versions
+
     async def item_in(self, db: aiosqlite.Connection, item_id: str) -> ItemRow | None:
         """An item read inside a write transaction (so a change sees the latest state)."""
         rows = await db.execute_fetchall(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,))

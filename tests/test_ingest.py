@@ -290,3 +290,19 @@ async def test_browse_search_and_the_item_page_show_allied_items_with_their_grou
     patch = await api.patch("/api/v1/items/00000000-0000-4000-8000-000000000001",
                             json={"title": "Mine now"})  # fmt: skip
     assert patch.status_code == 403
+
+
+async def test_a_remote_state_is_judged_by_the_entry_limit_not_the_publishers_margin(harness):
+    """Publishers keep states under STATE_MAX_BYTES so entries stay under 16 KiB; a receiver
+    takes any valid state that came in a valid entry, and measures only the entry."""
+    from federation import items as item_rules
+
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    big = item(1, body="🍲" * 3600)  # 14,400 bytes of UTF-8 in 3,600 characters
+    with pytest.raises(item_rules.ValidationError):
+        item_rules.validate_state(big, origin=WEST)  # over the publisher's margin
+    item_rules.validate_state(big, origin=WEST, in_entry=True)
+    feed.append(big)
+    assert await harness.node.allies.ingest(peer_id, feed.entries) == (1, None)
+    assert await harness.node.store.item(big["id"]) is not None
