@@ -99,6 +99,12 @@ class ItemInput:
 
 
 def _bad_char(text: str, multiline: bool) -> bool:
+    """Whether `text` holds a character text may not hold (see `clean_text`)."""
+    # Fast path, in C: every character the loop below refuses (Cc, Cs, Co, Cn, U+2028,
+    # U+2029) is one that str.isprintable() calls unprintable, so printable text is clean.
+    plain = text.replace("\n", "").replace("\t", "") if multiline else text
+    if plain.isprintable():
+        return False
     for ch in text:
         if multiline and ch in "\n\t":
             continue

@@ -5,6 +5,7 @@ valid input always makes a valid, JSON-stable state and that junk never raises a
 """
 
 import json
+import unicodedata
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -1044,3 +1045,29 @@ def test_damaged_state_only_raises_validation_error(data, junk, removed):
         assert validate_state(state, origin=ORIGIN) is state
     except ValidationError as error:
         assert isinstance(error.field, str)
+
+
+def _bad_char_reference(text: str, multiline: bool) -> bool:
+    """The rule, character by character, as DESIGN §3 states it."""
+    return any(
+        not (multiline and ch in "\n\t")
+        and (unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") or ch in "\u2028\u2029")
+        for ch in text
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.characters(codec=None, exclude_categories=())), st.booleans())
+def test_the_fast_text_check_agrees_with_the_rule_character_by_character(text, multiline):
+    assert items._bad_char(text, multiline) is _bad_char_reference(text, multiline)
+
+
+@pytest.mark.parametrize("text, multiline, bad", [
+    ("Soup\u200don Sundays", False, False),  # a format character (Cf) is allowed
+    ("Soup\u00a0on Sundays", False, False),  # so is a no-break space (Zs)
+    ("Soup\u2028on Sundays", False, True), ("Soup\x07", False, True), ("Soup\ud800", False, True),
+    ("Soup\ue000", False, True), ("Soup\U000e0080", False, True),  # private use, unassigned
+    ("Soup\non Sundays", True, False), ("Soup\non Sundays", False, True),
+])  # fmt: skip
+def test_text_checks_on_the_edges_of_printable(text, multiline, bad):
+    assert items._bad_char(text, multiline) is bad
