@@ -22,6 +22,7 @@ before it is on disk.
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -54,6 +55,7 @@ BACKOFF_MAX = 3600
 TRUSTS = ("blocked", "unknown", "trusted")
 PUSH_BATCH = 100  # entries per push, at most (DESIGN §4.5)
 PUSH_MAX_BYTES = 512 * 1024
+PUSH_LAG_MAX = 1000  # a follower further behind than this catches up by pulling pages
 PUSH_GIVE_UP = timedelta(days=7)  # then pushing stops until that node is heard from again
 LEARN_IN_FLIGHT = 2  # node documents of unknown nodes fetched at once, at most
 LEARN_PER_MINUTE = 30
@@ -410,6 +412,17 @@ class Allies:
         if not self.delivers_to(peer):
             return 0
         await self._load_key()
+        head = await self.store.feed_head_seq()
+        if head - peer.delivered_seq > PUSH_LAG_MAX:
+            # Push is for what is new. A follower this far behind (back from days away, or
+            # just arrived) reads pages of 1,000 itself, and meanwhile would take pushes only
+            # to find it has them already. Ask it what it holds: it may have caught up.
+            held = await self._their_cursor(peer)
+            if held is None or head - held > PUSH_LAG_MAX:
+                return 0
+            async with self.store.write() as db:
+                await self.store.update_peer(db, peer.id, delivered_seq=held)
+            peer = dataclasses.replace(peer, delivered_seq=held)
         bodies = {} if bodies is None else bodies
         origin = json.dumps(self.node.config.base_url)
         batch, total, delivered, failed = PUSH_BATCH, 0, peer.delivered_seq, False
@@ -457,6 +470,15 @@ class Allies:
                     if total and not failed:
                         fields.update(push_failures=0, push_next_attempt=None)
                     await self.store.update_peer(db, peer.id, **fields)
+
+    async def _their_cursor(self, peer: Peer) -> int | None:
+        """What a follower says it holds of our feed (`GET /federation/cursor`), or None."""
+        try:
+            reply = await self.outbound.request("GET", f"{peer.url}/federation/cursor")
+        except FetchError:
+            return None
+        held = _received(reply) if reply.status == 200 else None
+        return None if held is None else min(held, await self.store.feed_head_seq())
 
     async def _push_failed(self, peer: Peer, reason: str, *, stop: bool = False) -> None:
         failures = peer.push_failures + 1

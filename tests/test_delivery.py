@@ -18,11 +18,17 @@ OFFER = {"kind": "offer", "title": "Soup", "body": "Lentil soup.", "category": "
 class Receiver:
     """Stands in for a follower's inbox: answers from a script, records what it was sent."""
 
-    def __init__(self, *answers) -> None:
+    def __init__(self, *answers, holds: int | None = None) -> None:
         self.answers = list(answers)
         self.sent: list[dict] = []
+        self.holds = holds  # what it says it holds of our feed, if asked
+        self.asked = 0
 
     async def request(self, method, url, *, json_bytes=None, **kwargs) -> Reply:
+        if (method, url) == ("GET", f"{WEST}/federation/cursor"):
+            self.asked += 1
+            payload = {"received": {"seq": self.holds, "hash": None}}
+            return Reply(status=200, headers=httpx.Headers(), body=json.dumps(payload).encode())
         assert (method, url) == ("POST", f"{WEST}/federation/inbox")
         body = json.loads(json_bytes)
         self.sent.append(body)
@@ -89,3 +95,25 @@ async def test_failures_back_off_or_stop_and_keep_what_was_delivered(harness, mo
     assert harness.node.allies.delivers_to(peer) is not stopped
     # A follower backing off is not pushed to until its time comes.
     assert await harness.node.allies.deliver_all() == 0 and len(receiver.sent) == 2
+
+
+@pytest.mark.parametrize("holds, pushed_from", [(0, None), (12, 13), (None, None)])
+async def test_a_follower_far_behind_is_left_to_pull_until_it_says_it_has_caught_up(
+        harness, monkeypatch, holds, pushed_from):  # fmt: skip
+    from server import allies
+
+    monkeypatch.setattr(allies, "PUSH_LAG_MAX", 10)
+    receiver = Receiver((200, "all"), holds=holds)
+    if holds is None:  # it cannot be asked: no answer at all
+        async def unreachable(method, url, **kwargs):
+            raise FetchError("connection refused")
+    peer_id = await follower(harness, monkeypatch, receiver, posts=20)
+    if holds is None:
+        monkeypatch.setattr(harness.node.allies.outbound, "request", unreachable)
+    delivered = await harness.node.allies.deliver(await harness.node.store.peer(peer_id))
+    peer = await harness.node.store.peer(peer_id)
+    if pushed_from is None:
+        assert delivered == 0 and receiver.sent == [] and peer.delivered_seq == 0
+    else:
+        assert receiver.asked == 1 and receiver.sent[0]["entries"][0]["seq"] == pushed_from
+        assert delivered == 20 - holds and peer.delivered_seq == 20
