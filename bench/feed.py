@@ -12,7 +12,9 @@ Prints, from one run on one machine (so ratios hold however busy the machine is)
   transaction, the entry, fsync at COMMIT), one poster at a time and 20 at once (group commit).
 
 Targets (issue 3): entry verification >= 60% of raw verify; appends >= 2,000/s.
-Run: .venv/bin/python bench/feed.py [--entries N]
+Run, from the repository root (as a module: a script run by path would find
+bench/federation.py where the `federation` package should be):
+    .venv/bin/python -m bench.feed [--entries N]
 """
 
 import argparse
