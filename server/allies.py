@@ -55,6 +55,7 @@ BACKOFF_MAX = 3600
 TRUSTS = ("blocked", "unknown", "trusted")
 PUSH_BATCH = 100  # entries per push, at most (DESIGN §4.5)
 PUSH_MAX_BYTES = 512 * 1024
+INGEST_BATCH = 100  # entries taken in per write transaction
 PUSH_LAG_MAX = 1000  # a follower further behind than this catches up by pulling pages
 PUSH_GIVE_UP = timedelta(days=7)  # then pushing stops until that node is heard from again
 LEARN_IN_FLIGHT = 2  # node documents of unknown nodes fetched at once, at most
@@ -535,6 +536,7 @@ class Allies:
             return 400, {"error": f"entries must be a list of 1 to {PUSH_BATCH} entries"}
         first = entries[0].get("seq") if isinstance(entries[0], dict) else None
         if type(first) is not int or first > peer.received_seq + 1:
+            self.wake()  # a gap: read their feed from our cursor rather than wait for pushes
             return 409, {"received": {"seq": peer.received_seq, "hash": peer.received_hash},
                          "error": f"the batch must start at or before entry {peer.received_seq + 1}"}
         last = entries[-1].get("seq") if isinstance(entries[-1], dict) else None
@@ -572,8 +574,16 @@ class Allies:
             if not entries:
                 await self._succeeded(peer.id, head_seq)
                 return total
-            accepted, problem = await self.ingest(peer.id, entries, head_seq=head_seq)
-            total += accepted
+            # A transaction a hundred entries at a time, so members' posts and other writes
+            # wait for one short batch, never for a whole page.
+            problem = None
+            for start in range(0, len(entries), INGEST_BATCH):
+                accepted, problem = await self.ingest(
+                    peer.id, entries[start : start + INGEST_BATCH], head_seq=head_seq
+                )
+                total += accepted
+                if problem is not None:
+                    break
             peer = await self.store.peer(peer.id)
             if problem is not None or peer is None or peer.received_seq >= head_seq:
                 return total

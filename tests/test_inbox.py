@@ -49,11 +49,13 @@ async def test_a_push_that_leaves_a_gap_is_answered_409_with_where_to_resume(har
     await add_west(harness, feed)
     for n in range(3):
         feed.append(item(n + 1))
+    harness.node.allies._wake.clear()
     response = await send(harness, signed(harness, feed.key, "POST", "/federation/inbox",
                                           push(feed, feed.entries[2:])))  # fmt: skip
     assert response.status_code == 409
     assert response.json()["received"] == {"seq": 0, "hash": None}
     assert await remote_titles(harness) == set()
+    assert harness.node.allies._wake.is_set()  # the gap has the pull worker read the feed
 
 
 async def test_unsigned_wrongly_signed_and_forged_pushes_change_nothing(harness):
