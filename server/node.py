@@ -481,7 +481,8 @@ class Node:
     async def item_for(self, item_uuid: str, viewer: User | None) -> ItemView:
         """The item with that uuid as `viewer` may see it, or NotFound.
 
-        Visitors see only open, federated offers (and only with public_offers on); members
+        Visitors see only this node's own open, federated offers (and only with public_offers
+        on: allies shared theirs with members, not with the public); members
         see every item that has not ended, and the poster and coordinators also see their
         ended local items.
         """
@@ -492,7 +493,7 @@ class Node:
         state = row.state
         live = state["status"] in item_rules.LIVE_STATUSES and state["expires"] > self.now_text()
         if viewer is None:
-            public = (self.config.public_offers and state["kind"] == "offer"
+            public = (self.config.public_offers and row.is_local and state["kind"] == "offer"
                       and state["status"] == "open" and live and state["reach"] != "local")  # fmt: skip
             if not public:
                 raise NotFound(N_("no such item"))

@@ -771,7 +771,7 @@ class Store:
 class ItemQuery:
     """A filtered, paged item listing. Visibility rules are the caller's to set:
     `now` hides expired items (even before the expiry worker marks them), `statuses` limits
-    status (None shows expired ones too, for a poster's history), `public_only` keeps federated open offers only (for visitors)."""
+    status (None shows expired ones too, for a poster's history), `public_only` keeps this node's own federated open offers only (for visitors: allies shared theirs with our members, not with the public)."""
 
     now: str | None
     statuses: tuple[str, ...] = ("open", "promised")
@@ -804,7 +804,7 @@ class ItemQuery:
         elif self.origin == "remote":
             where.append("NOT i.is_local")
         if self.public_only:
-            where.append("i.kind = 'offer' AND i.status = 'open' AND i.reach != 'local'")
+            where.append("i.is_local AND i.kind = 'offer' AND i.status = 'open' AND i.reach != 'local'")
         join = ""
         order = "i.created DESC, i.row DESC"
         if self.q and fts_query(self.q):

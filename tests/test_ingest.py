@@ -306,3 +306,22 @@ async def test_a_remote_state_is_judged_by_the_entry_limit_not_the_publishers_ma
     feed.append(big)
     assert await harness.node.allies.ingest(peer_id, feed.entries) == (1, None)
     assert await harness.node.store.item(big["id"]) is not None
+
+
+async def test_visitors_never_see_allied_items_even_with_public_offers(harness_factory):
+    """public_offers opens this node's own offers to the public; allies shared theirs with
+    our members only."""
+    async with harness_factory(public_offers=True) as h:
+        feed = WestFeed()
+        peer_id = await add_west(h, feed)
+        feed.append(item(1))
+        await h.node.allies.ingest(peer_id, feed.entries)
+        member = await h.api_client("jo")
+        await member.post("/api/v1/items", json={"kind": "offer", "title": "Our bread",
+                                                 "body": "Fresh.", "category": "food"})  # fmt: skip
+        visitor = h.client()
+        listing = (await visitor.get("/items")).text
+        assert "Our bread" in listing and "Soup on Sundays" not in listing
+        page = await visitor.get("/items/00000000-0000-4000-8000-000000000001")
+        assert page.status_code == 404
+        assert "Soup on Sundays" in (await (await h.browser("ann")).get("/items")).text
