@@ -50,7 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=60,
     ),
     Setting("feed_public", bool, False, "Let anyone read the feed (publishes every federated item)."),
-    Setting("public_offers", bool, False, "Show open offers to visitors who are not logged in."),
+    Setting("public_offers", bool, False, "Show our own open offers (never allies') to visitors who are not logged in."),
     Setting(
         "allow_private_addresses", bool, False,
         "Allow peers on private and loopback addresses (tests and the demo only).",
