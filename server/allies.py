@@ -265,9 +265,10 @@ class Allies:
 
     # -------------------------------------------------------------------- subscriptions
 
-    async def learn_node(self, key_id: str) -> None:
+    async def learn_node(self, key_id: str) -> NodeDocument:
         """A signed request from a node not met before: fetch its document (through the guard,
-        rate-limited, failures remembered) and pin it as an `unknown` node.
+        rate-limited, failures remembered) to learn the key. Nothing is kept until the request
+        verifies with that key (`pin_node`), so naming a node is not enough to be listed.
 
         Raises Unauthorized when the key cannot be learned this way, Forbidden for a blocked node."""
         from .errors import Forbidden, Unauthorized
@@ -301,21 +302,27 @@ class Allies:
                 raise Unauthorized(f"signature refused: {error.message}") from None
         if key_id != doc.current_key[0]:
             raise Unauthorized("signature refused: not signed with the node's current key")
-        now = self.node.now_text()
+        return doc
+
+    async def pin_node(self, doc: NodeDocument) -> int:
+        """Keep a node whose request verified with its document's key, as `unknown`; its id."""
         async with self.store.write() as db:
             cursor = await db.execute(
                 "INSERT INTO peers (url, name, description, trust, created)"
                 " VALUES (?, ?, ?, 'unknown', ?) ON CONFLICT (url) DO NOTHING",
-                (url, doc.name, doc.description, now),
+                (doc.url, doc.name, doc.description, self.node.now_text()),
             )
-            if cursor.rowcount:
-                for pinned_id, public, retired in doc.keys:
-                    await db.execute(
-                        "INSERT OR IGNORE INTO peer_keys (key_id, peer_id, public, retired_at_seq)"
-                        " VALUES (?, ?, ?, ?)",
-                        (pinned_id, cursor.lastrowid, public, retired),
-                    )
-        self.node.peer_names.setdefault(url, doc.name)
+            if not cursor.rowcount:  # kept meanwhile, by a request that came at the same time
+                rows = await db.execute_fetchall("SELECT id FROM peers WHERE url = ?", (doc.url,))
+                return rows[0][0]
+            for pinned_id, public, retired in doc.keys:
+                await db.execute(
+                    "INSERT OR IGNORE INTO peer_keys (key_id, peer_id, public, retired_at_seq)"
+                    " VALUES (?, ?, ?, ?)",
+                    (pinned_id, cursor.lastrowid, public, retired),
+                )
+        self.node.peer_names.setdefault(doc.url, doc.name)
+        return cursor.lastrowid
 
     async def heard_from(self, peer_id: int) -> None:
         """A signed request from a peer: if pushing to it had stopped or was backing off, it is

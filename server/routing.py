@@ -79,10 +79,11 @@ async def identify_node(request: Request, *, any_node: bool = False) -> "SignedB
     now = node.now()
     asked: list[str] = []
 
-    async def attempt() -> tuple[dict, object]:
+    async def attempt(learned: dict | None = None) -> tuple[dict, object]:
         keys = await node.store.request_keys()
         if not any_node:
             keys = {k: v for k, v in keys.items() if v[2] == "trusted"}
+        keys.update(learned or {})
 
         def lookup(key_id: str):
             asked.append(key_id)
@@ -101,8 +102,12 @@ async def identify_node(request: Request, *, any_node: bool = False) -> "SignedB
         except SignatureError:
             if not (any_node and asked and asked[-1] not in await node.store.request_keys()):
                 raise
-            await node.allies.learn_node(asked[-1])  # raises ClientError if it cannot
-            keys, verified = await attempt()
+            doc = await node.allies.learn_node(asked[-1])  # raises ClientError if it cannot
+            learned_id, learned_public = doc.current_key
+            keys, verified = await attempt({learned_id: (None, learned_public, "unknown", False)})
+            if keys[verified.key_id][0] is None:  # verified with the learned key: keep the node
+                keys[verified.key_id] = (await node.allies.pin_node(doc), learned_public,
+                                         "unknown", False)  # fmt: skip
     except (SignatureError, ProtocolError) as error:
         raise Unauthorized(str(error)) from None
     if not await node.store.remember_nonce(

@@ -231,3 +231,23 @@ def test_a_node_with_the_guard_on_refuses_a_peer_at_a_private_address(tmp_path):
         assert "GET /.well-known/aidnode" not in other.log()  # no request ever reached it
     finally:
         guarded.stop(), other.stop()
+
+
+def test_naming_a_real_node_in_a_forged_subscription_gets_it_nowhere(pair):
+    """West fetches East's document to learn the key a subscription names, but keeps nothing
+    unless the request verifies with it: a forger cannot fill West's peer list."""
+    from datetime import UTC, datetime
+
+    from federation.httpsig import sign_request
+    from federation.keys import generate_key
+
+    east, west = pair
+    request = httpx.Request("POST", f"{west.node.url}/federation/subscriptions",
+                            json={"subscriber": east.node.url})  # fmt: skip
+    sign_request(request, generate_key("main"), f"{east.node.url}#main", now=datetime.now(UTC))
+    with httpx.Client() as client:
+        refused = client.send(request)
+    assert refused.status_code == 401
+    assert "GET /.well-known/aidnode" in east.node.log()  # it was looked up
+    assert west.get("/api/v1/peers").json() == {"peers": []}  # and not kept
+    ally(east, west)  # the genuine subscription still goes through
