@@ -35,11 +35,13 @@ from federation import items as item_rules
 from federation.entries import ChainState, check_key_entry, verify_signature
 from federation.errors import BaseUrlError, ProtocolError, ValidationError
 from federation.identity import NodeDocument, parse_base_url, parse_node_document
+from federation.items import N_
 from federation.keys import NodeKey, fingerprint, parse_public_key
 from federation.outbound import FetchError, Outbound
 from federation.timefmt import format_time, parse_time
 
 from .errors import BadGateway, Invalid, NotFound
+from .feed import read_texts
 from .store import Peer
 
 if TYPE_CHECKING:
@@ -69,6 +71,13 @@ def key_in_force(keys: list[tuple[str, str, int | None]], seq: int) -> tuple[str
         if retired_at is None or retired_at >= seq:
             return key_id, public
     raise ProtocolError("no pinned key covers this part of the feed")
+
+
+def peer_id_of(raw: str) -> int:
+    """A peer id from a URL path (`/…/peers/{id}`); NotFound unless it is a plain number."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise NotFound(N_("no such peer"))
+    return int(raw)
 
 
 def backoff(failures: int) -> float:
@@ -438,7 +447,8 @@ class Allies:
             for _ in range(PULL_PAGES_PER_ROUND):
                 cached = bodies.get((delivered, batch))
                 if cached is None:
-                    texts = await self.store.feed_texts_after(delivered, batch, PUSH_MAX_BYTES)
+                    async with self.store.read() as db:
+                        texts = await read_texts(db, delivered, batch, PUSH_MAX_BYTES)
                     last = json.loads(texts[-1])["seq"] if texts else delivered
                     body = (f'{{"type":"entries","origin":{origin},"entries":['
                             + ",".join(texts) + "]}").encode()  # fmt: skip
@@ -630,19 +640,11 @@ class Allies:
                 accepted += 1
                 if entry["type"] == "item":
                     await self._apply_item(db, peer, entry, now, versions)
-            fields: dict[str, Any] = {
-                "received_seq": chain.seq, "received_hash": chain.hash,
-                "head_seq": max(head_seq, chain.seq, peer.head_seq),
-            }  # fmt: skip
-            if peer.we_follow == "pending":
-                fields["we_follow"] = "accepted"  # they let us read their feed
-            if problem is None:
-                fields.update(last_success=now, last_error=None, failures=0, next_attempt=None)
-            else:
-                fields.update(last_error=problem, failures=peer.failures + 1,
-                              next_attempt=format_time(self.node.now() + timedelta(
-                                  seconds=backoff(peer.failures + 1))))  # fmt: skip
-            await self.store.update_peer(db, peer_id, **fields)
+            await self.store.update_peer(
+                db, peer_id, received_seq=chain.seq, received_hash=chain.hash,
+                head_seq=max(head_seq, chain.seq, peer.head_seq),
+                **self._read_health(peer, problem, answered=True),
+            )  # fmt: skip
         if problem is not None:
             log.warning("ingest from %s stopped: %s", peer.url, problem)
         return accepted, problem
@@ -698,29 +700,35 @@ class Allies:
         await self.store.write_item(db, state, origin=peer.url, is_local=False, held_version=held)
         versions[item_id] = state["version"]
 
+    def _read_health(self, peer: Peer, problem: str | None, *, answered: bool) -> dict[str, Any]:
+        """A peer's health columns after reading its feed: `answered` if it let us read,
+        `problem` what went wrong (None: nothing did). Failures back off."""
+        fields: dict[str, Any] = {}
+        if answered and peer.we_follow == "pending":
+            fields["we_follow"] = "accepted"  # they let us read their feed
+        if problem is None:
+            fields.update(last_success=self.node.now_text(), last_error=None, failures=0,
+                          next_attempt=None)  # fmt: skip
+        else:
+            failures = peer.failures + 1
+            fields.update(last_error=problem[:500], failures=failures, next_attempt=format_time(
+                self.node.now() + timedelta(seconds=backoff(failures))))  # fmt: skip
+        return fields
+
     async def _succeeded(self, peer_id: int, head_seq: int) -> None:
         async with self.store.write() as db:
             peer = await self.store.peer_in(db, peer_id)
-            if peer is None:
-                return
-            fields: dict[str, Any] = {
-                "last_success": self.node.now_text(), "last_error": None, "failures": 0,
-                "next_attempt": None, "head_seq": head_seq,
-            }  # fmt: skip
-            if peer.we_follow == "pending":
-                fields["we_follow"] = "accepted"
-            await self.store.update_peer(db, peer_id, **fields)
+            if peer is not None:
+                await self.store.update_peer(db, peer_id, head_seq=head_seq,
+                                             **self._read_health(peer, None, answered=True))  # fmt: skip
 
     async def _failed(self, peer_id: int, reason: str) -> None:
         async with self.store.write() as db:
             peer = await self.store.peer_in(db, peer_id)
             if peer is None:
                 return
-            failures = peer.failures + 1
-            await self.store.update_peer(
-                db, peer_id, last_error=reason[:500], failures=failures,
-                next_attempt=format_time(self.node.now() + timedelta(seconds=backoff(failures))),
-            )  # fmt: skip
+            await self.store.update_peer(db, peer_id,
+                                         **self._read_health(peer, reason, answered=False))  # fmt: skip
         log.info("reading %s failed: %s", peer.url, reason)
 
     async def pull_all(self, *, due_only: bool = False) -> int:

@@ -11,7 +11,7 @@ from federation.encoding import b64url_encode
 from federation.errors import MalformedError
 from federation.strictjson import loads_strict
 
-from .allies import peer_json
+from .allies import peer_id_of, peer_json
 from .errors import ClientError, Invalid, NotFound, UnsupportedMediaType
 from .node import has_role
 from .openapi import openapi_document
@@ -175,9 +175,7 @@ PEER_FIELDS = {"trust": str, "relay": bool, "follow": bool}
 
 async def patch_peer(request: Request) -> Response:
     node = request.app.state.node
-    raw_id = request.path_params["id"]
-    if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 15:
-        raise NotFound("no such peer")
+    peer_id = peer_id_of(request.path_params["id"])
     body = await read_json(request)
     if not isinstance(body, dict) or not body:
         raise Invalid("send an object with any of: trust, relay, follow")
@@ -187,7 +185,7 @@ async def patch_peer(request: Request) -> Response:
         if type(value) is not PEER_FIELDS[name]:
             raise Invalid(f"{name} must be a {'string' if PEER_FIELDS[name] is str else 'boolean'}",
                           field=name)  # fmt: skip
-    peer = await node.allies.set_peer(int(raw_id), request.state.user, **body)
+    peer = await node.allies.set_peer(peer_id, request.state.user, **body)
     [shown] = await _peers_json(node, [peer])
     return JSONResponse(shown)
 

@@ -3,10 +3,8 @@
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from federation.errors import MalformedError
-from federation.strictjson import loads_strict
-
-from .errors import ClientError, Forbidden, PayloadTooLarge, UnsupportedMediaType
+from .api import read_json
+from .errors import ClientError, Forbidden, PayloadTooLarge
 from .feed import FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, page_json, read_page
 from .routing import federation
 
@@ -38,13 +36,7 @@ INBOX_MAX_BYTES = 512 * 1024
 
 
 async def _json_body(request: Request) -> dict:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise UnsupportedMediaType("send JSON with Content-Type: application/json")
-    try:
-        body = loads_strict(await request.body())
-    except MalformedError as error:
-        raise ClientError(f"the body is not acceptable JSON: {error}") from None
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ClientError("the body must be a JSON object")
     return body

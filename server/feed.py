@@ -161,24 +161,29 @@ async def node_keys(db: aiosqlite.Connection) -> list[tuple[str, str, int, int |
         return [tuple(row) for row in await cursor.fetchall()]
 
 
-async def read_page(db: aiosqlite.Connection, after: int, limit: int) -> tuple[list[str], Head]:
-    """Canonical texts of up to `limit` entries after `after`, at most FEED_MAX_BYTES in all
-    (always at least one entry if there is one), and the feed's head.
-
-    Both are read in one read transaction, so the head is never behind the page."""
+async def read_texts(db: aiosqlite.Connection, after: int, limit: int, max_bytes: int) -> list[str]:
+    """Canonical texts of up to `limit` entries after `after`, about `max_bytes` in all at
+    most (always at least one entry if there is one): a feed page, or a push."""
     texts: list[str] = []
     size = 0
+    async with db.execute(
+        "SELECT entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    ) as cursor:
+        async for (text,) in cursor:
+            size += len(text.encode("utf-8")) + 1
+            if texts and size > max_bytes:
+                break
+            texts.append(text)
+    return texts
+
+
+async def read_page(db: aiosqlite.Connection, after: int, limit: int) -> tuple[list[str], Head]:
+    """A feed page (at most FEED_MAX_BYTES with its envelope) and the feed's head, read in
+    one read transaction, so the head is never behind the page."""
     await db.execute("BEGIN")
     try:
         head = await Feed.head(db)
-        async with db.execute(
-            "SELECT entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        ) as cursor:
-            async for (text,) in cursor:
-                size += len(text.encode("utf-8")) + 1
-                if texts and size > FEED_MAX_BYTES - 512:
-                    break
-                texts.append(text)
+        texts = await read_texts(db, after, limit, FEED_MAX_BYTES - 512)
     finally:
         await db.execute("COMMIT")
     return texts, head

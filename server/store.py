@@ -649,14 +649,6 @@ class Store:
 
     # ------------------------------------------------------------------------ federation
 
-    async def trusted_keys(self) -> dict[str, tuple[int, str]]:
-        """Current (unretired) pinned keys of trusted nodes: key id → (peer id, public key)."""
-        rows = await self.fetch_all(
-            "SELECT k.key_id, k.peer_id, k.public FROM peer_keys k JOIN peers p ON p.id = k.peer_id"
-            " WHERE p.trust = 'trusted' AND k.retired_at_seq IS NULL"
-        )
-        return {row[0]: (row[1], row[2]) for row in rows}
-
     async def peers(self) -> list[Peer]:
         return [_peer(row) for row in await self.fetch_all(
             f"SELECT {PEER_COLUMNS} FROM peers ORDER BY name COLLATE NOCASE, id")]  # fmt: skip
@@ -731,20 +723,6 @@ class Store:
             " JOIN peers p ON p.id = k.peer_id WHERE k.retired_at_seq IS NULL"
         )
         return {row[0]: (row[1], row[2], row[3], bool(row[4])) for row in rows}
-
-    async def feed_texts_after(self, after: int, limit: int, max_bytes: int) -> list[str]:
-        """Canonical texts of our own entries after `after`: at most `limit`, and at most
-        `max_bytes` in all (always at least one if there is one)."""
-        rows = await self.fetch_all(
-            "SELECT entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        )
-        texts, size = [], 0
-        for (text,) in rows:
-            size += len(text.encode("utf-8")) + 1
-            if texts and size > max_bytes:
-                break
-            texts.append(text)
-        return texts
 
     async def feed_head_seq(self) -> int:
         row = await self.fetch_one("SELECT max(seq) FROM feed")

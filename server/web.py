@@ -16,6 +16,7 @@ from federation import items as item_rules
 from federation.items import N_
 from federation.timefmt import format_time, parse_time
 
+from .allies import peer_id_of
 from .api import item_query, page_of_items
 from .errors import (
     BadGateway,
@@ -442,15 +443,13 @@ async def peers(request: Request) -> Response:
 
 async def change_peer(request: Request) -> Response:
     node = request.app.state.node
-    raw_id = request.path_params["peer_id"]
-    if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 15:
-        raise NotFound(N_("no such peer"))
+    peer_id = peer_id_of(request.path_params["peer_id"])
     form = await request.form()
     action = str(form.get("action", ""))
     if action == "resync":
-        peer = await node.allies.resync(int(raw_id), request.state.user)
+        peer = await node.allies.resync(peer_id, request.state.user)
     elif action in PEER_ACTIONS:
-        peer = await node.allies.set_peer(int(raw_id), request.state.user, **PEER_ACTIONS[action])
+        peer = await node.allies.set_peer(peer_id, request.state.user, **PEER_ACTIONS[action])
     else:
         raise ClientError(N_("unknown action on a peer"))
     return redirect(f"/admin/peers#peer-{peer.id}")
