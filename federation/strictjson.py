@@ -9,11 +9,17 @@ is within 0..2^53−1 (seq, v, version, hop_limit are checked where they are rea
 """
 
 import json
+import re
 from typing import Any
 
 from .errors import MalformedError
 
 MAX_DEPTH = 32
+INT_LIMIT = 2**53 - 1
+# Lone surrogates can only come from \\u escapes (the text itself was decoded from UTF-8), so
+# text without an escape of that range needs no search for them. A match may be a false alarm
+# (an escaped backslash before "ud800"); it only means the slower, complete check runs.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
@@ -33,7 +39,25 @@ def _no_float(text: str) -> Any:
     raise MalformedError("numbers must be whole (no fractions or exponents)")
 
 
+def _whole_number(text: str) -> int:
+    value = int(text)
+    if not -INT_LIMIT <= value <= INT_LIMIT:
+        raise MalformedError("number out of the interoperable range")
+    return value
+
+
+def _check_depth(container: dict | list, depth: int = 0) -> None:
+    """No value nested deeper than MAX_DEPTH below the top one (at depth 0)."""
+    children = container.values() if type(container) is dict else container
+    if children and depth >= MAX_DEPTH:
+        raise MalformedError("JSON nested too deeply")
+    for child in children:
+        if type(child) is dict or type(child) is list:
+            _check_depth(child, depth + 1)
+
+
 def _check(value: Any, depth: int = 0) -> None:
+    """Every rule at once, value by value: for text that may hold lone surrogates."""
     if depth > MAX_DEPTH:
         raise MalformedError("JSON nested too deeply")
     if isinstance(value, str):
@@ -63,7 +87,7 @@ def loads_strict(data: bytes | str) -> Any:
     try:
         value = json.loads(
             data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
-            parse_float=_no_float,
+            parse_float=_no_float, parse_int=_whole_number,
         )  # fmt: skip
     except json.JSONDecodeError as error:
         raise MalformedError(f"not valid JSON: {error.msg} at line {error.lineno}") from None
@@ -71,5 +95,8 @@ def loads_strict(data: bytes | str) -> Any:
         raise MalformedError("JSON nested too deeply") from None
     except ValueError as error:  # e.g. an integer with more digits than Python will convert
         raise MalformedError(f"not acceptable JSON: {error}") from None
-    _check(value)
+    if _SURROGATE_ESCAPE.search(data) is not None:
+        _check(value)
+    elif type(value) is dict or type(value) is list:
+        _check_depth(value)
     return value

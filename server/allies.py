@@ -42,7 +42,7 @@ from federation.timefmt import format_time, parse_time
 
 from .errors import BadGateway, Invalid, NotFound
 from .feed import read_texts
-from .store import Peer
+from .store import Peer, Store
 
 if TYPE_CHECKING:
     from .accounts import User
@@ -617,14 +617,15 @@ class Allies:
                 return 0, "not reading this node's feed"
             keys = await self.store.peer_keys_in(db, peer_id)
             key_id, public = key_in_force(keys, peer.received_seq + 1)
+            # Entries reach here from pages and pushes read by `loads_strict`.
             chain = ChainState(peer.url, peer.received_seq, peer.received_hash, key_id,
-                               parse_public_key(public))  # fmt: skip
+                               parse_public_key(public), strictly_read=True)  # fmt: skip
             accepted, problem = 0, None
-            versions = await self.store.item_versions_in(db, [
+            changes = _ItemChanges(await self.store.item_versions_in(db, [
                 raw["body"]["id"] for raw in entries
                 if isinstance(raw, dict) and isinstance(raw.get("body"), dict)
                 and isinstance(raw["body"].get("id"), str)
-            ])  # fmt: skip
+            ]))  # fmt: skip
             for raw in entries:
                 if isinstance(raw, dict) and type(raw.get("seq")) is int and raw["seq"] <= chain.seq:
                     continue  # held already: a page or push that overlaps
@@ -639,7 +640,8 @@ class Allies:
                     break
                 accepted += 1
                 if entry["type"] == "item":
-                    await self._apply_item(db, peer, entry, now, versions)
+                    changes.judge(entry, origin=peer.url, now=now)
+            await changes.write(self.store, db, peer_id, now=now, origin=peer.url)
             await self.store.update_peer(
                 db, peer_id, received_seq=chain.seq, received_hash=chain.hash,
                 head_seq=max(head_seq, chain.seq, peer.head_seq),
@@ -669,36 +671,6 @@ class Allies:
                 "INSERT INTO peer_keys (key_id, peer_id, public, retired_at_seq) VALUES (?, ?, ?, NULL)",
                 (new_id, peer_id, public_text),
             )
-
-    async def _apply_item(self, db: aiosqlite.Connection, peer: Peer, entry: dict, now: str,
-                          versions: dict[str, int]) -> None:  # fmt: skip
-        """Apply an accepted item entry's state, or record why not. `versions` holds the
-        stored version of the batch's items (read once for the batch) and is kept current."""
-        state = entry["body"]
-        item_id = state.get("id") if isinstance(state.get("id"), str) else None
-
-        async def refuse(reason: str) -> None:
-            await self.store.record_refusal(db, peer.id, entry["seq"], item_id, reason, now)
-
-        try:
-            item_rules.validate_state(state, origin=peer.url, in_entry=True)
-        except ValidationError as error:
-            await refuse(f"{error.field or 'item'}: {error}")
-            return
-        if state["reach"] == "local":
-            await refuse("reach: a local item is not for other nodes")
-            return
-        held = versions.get(item_id)
-        if held is not None and held >= state["version"]:
-            await refuse(f"version {state['version']} is not newer than {held}")
-            return
-        if state["status"] not in item_rules.LIVE_STATUSES or state["expires"] <= now:
-            if held is not None:
-                await self.store.drop_remote_item(db, item_id)
-                del versions[item_id]
-            return
-        await self.store.write_item(db, state, origin=peer.url, is_local=False, held_version=held)
-        versions[item_id] = state["version"]
 
     def _read_health(self, peer: Peer, problem: str | None, *, answered: bool) -> dict[str, Any]:
         """A peer's health columns after reading its feed: `answered` if it let us read,
@@ -794,7 +766,7 @@ def _chain_problem(chain: ChainState, raw: object, error: ProtocolError) -> str:
     if (isinstance(raw, dict) and raw.get("seq") == chain.seq + 1 and chain.seq > 0
             and raw.get("prev") != chain.hash and raw.get("key") == chain.key_id):
         try:
-            verify_signature(raw, chain.public)
+            verify_signature(raw, chain.public, strictly_read=True)
         except ProtocolError:
             pass
         else:
@@ -803,3 +775,53 @@ def _chain_problem(chain: ChainState, raw: object, error: ProtocolError) -> str:
     seq = raw.get("seq") if isinstance(raw, dict) else None
     return f"entry {seq if type(seq) is int else '?'} refused: {error}"[:500]
 
+
+
+class _ItemChanges:
+    """What one ingest batch does to remote items, judged entry by entry in memory and
+    written at the end in a few statements (not one per entry).
+
+    `versions` holds the stored version of the batch's items and is kept current as states
+    are judged, so a later entry of the same item is judged against the earlier one; only
+    each item's last outcome (a state to store, or a removal) is written."""
+
+    def __init__(self, versions: dict[str, int]) -> None:
+        self.versions = versions
+        self.stored: dict[str, dict | None] = {}  # item id → state to store, or None: remove
+        self.refused: list[tuple[int, str | None, str]] = []
+
+    def judge(self, entry: dict, *, origin: str, now: str) -> None:
+        """Content validity of an accepted item entry: apply its state, or note why not."""
+        state = entry["body"]
+        item_id = state.get("id") if isinstance(state.get("id"), str) else None
+        try:
+            item_rules.validate_state(state, origin=origin, in_entry=True)
+        except ValidationError as error:
+            self.refused.append((entry["seq"], item_id, f"{error.field or 'item'}: {error}"))
+            return
+        if state["reach"] == "local":
+            self.refused.append((entry["seq"], item_id, "reach: a local item is not for other nodes"))
+            return
+        held = self.versions.get(item_id)
+        if held is not None and held >= state["version"]:
+            self.refused.append((entry["seq"], item_id,
+                                 f"version {state['version']} is not newer than {held}"))  # fmt: skip
+            return
+        if state["status"] not in item_rules.LIVE_STATUSES or state["expires"] <= now:
+            if held is not None:
+                self.stored[item_id] = None
+                del self.versions[item_id]
+            return
+        self.stored[item_id] = state
+        self.versions[item_id] = state["version"]
+
+    async def write(self, store: "Store", db: aiosqlite.Connection, peer_id: int, *, now: str,
+                    origin: str) -> None:  # fmt: skip
+        states = [state for state in self.stored.values() if state is not None]
+        removed = [item_id for item_id, state in self.stored.items() if state is None]
+        if states:
+            await store.write_remote_items(db, states, origin=origin)
+        if removed:
+            await store.drop_remote_items_by_id(db, removed)
+        if self.refused:
+            await store.record_refusals(db, peer_id, self.refused, now)

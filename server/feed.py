@@ -34,6 +34,7 @@ from federation.keys import (
     public_key_text,
     save_key,
 )
+from federation.strictjson import loads_strict
 
 FEED_LIMIT_DEFAULT = 100
 FEED_LIMIT_MAX = 1000
@@ -221,12 +222,13 @@ async def check_feed(db: aiosqlite.Connection, base_url: str) -> dict:
     if not keys:
         raise ChainProblem("the node has no keys recorded")
     first_name, first_public, _, _ = keys[0]
-    state = ChainState(base_url, 0, None, f"{base_url}#{first_name}", parse_public_key(first_public))
+    state = ChainState(base_url, 0, None, f"{base_url}#{first_name}", parse_public_key(first_public),
+                       strictly_read=True)  # fmt: skip
     latest: dict[str, dict] = {}
     count = 0
     async for seq, stored_hash, type_, item_id, text in iter_entries(db):
         try:
-            entry = json.loads(text)
+            entry = loads_strict(text)
             if canonical(entry).decode("utf-8") != text:
                 raise ChainProblem(f"entry {seq} is not stored in canonical form")
             state.accept(entry)

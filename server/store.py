@@ -130,6 +130,34 @@ USER_COLUMNS = "id, username, display_name, role, disabled, created"
 ITEM_COLUMNS = "row, state, origin, is_local, owner_id, escalation, share_author"
 
 
+ITEM_UPSERT = (
+    "INSERT INTO items (id, uuid, origin, is_local, kind, category, status, reach,"
+    " urgency, geohash, title, body, tags, created, updated, expires, version, state,"
+    " owner_id, escalation, share_author)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET category = excluded.category,"
+    " status = excluded.status, reach = excluded.reach, urgency = excluded.urgency,"
+    " geohash = excluded.geohash, title = excluded.title, body = excluded.body,"
+    " tags = excluded.tags, updated = excluded.updated, expires = excluded.expires,"
+    " version = excluded.version, state = excluded.state,"
+    " escalation = excluded.escalation, share_author = excluded.share_author"
+)
+
+
+def _item_params(state: dict, origin: str, is_local: bool, owner_id: int | None,
+                 escalation: str | None, share_author: bool) -> tuple:  # fmt: skip
+    """The parameters of ITEM_UPSERT for one item state."""
+    location = state.get("location", {})
+    return (
+        state["id"], state["id"].rsplit("/items/", 1)[1], origin, int(is_local),
+        state["kind"], state["category"], state["status"], state["reach"],
+        state.get("urgency"), location.get("geohash"), state["title"], state["body"],
+        " ".join(state.get("tags", [])), state["created"], state["updated"],
+        state["expires"], state["version"], json.dumps(state, ensure_ascii=False),
+        owner_id, escalation, int(share_author),
+    )  # fmt: skip
+
+
 def fts_query(text: str) -> str:
     """Quote member text term by term for FTS5 (never raw MATCH syntax); each term a prefix."""
     terms = [term.replace('"', '""') for term in text.split()]
@@ -578,32 +606,21 @@ class Store:
                 )
                 held_version = held[0][0] if held else None
             publish = held_version is None or held_version < state["version"]
-        location = state.get("location", {})
         returned = await db.execute_fetchall(
-            "INSERT INTO items (id, uuid, origin, is_local, kind, category, status, reach,"
-            " urgency, geohash, title, body, tags, created, updated, expires, version, state,"
-            " owner_id, escalation, share_author)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET category = excluded.category,"
-            " status = excluded.status, reach = excluded.reach, urgency = excluded.urgency,"
-            " geohash = excluded.geohash, title = excluded.title, body = excluded.body,"
-            " tags = excluded.tags, updated = excluded.updated, expires = excluded.expires,"
-            " version = excluded.version, state = excluded.state,"
-            " escalation = excluded.escalation, share_author = excluded.share_author"
-            " RETURNING row",
-            (
-                state["id"], state["id"].rsplit("/items/", 1)[1], origin, int(is_local),
-                state["kind"], state["category"], state["status"], state["reach"],
-                state.get("urgency"), location.get("geohash"), state["title"], state["body"],
-                " ".join(state.get("tags", [])), state["created"], state["updated"],
-                state["expires"], state["version"], json.dumps(state, ensure_ascii=False),
-                owner_id, escalation, int(share_author),
-            ),
-        )  # fmt: skip
+            ITEM_UPSERT + " RETURNING row",
+            _item_params(state, origin, is_local, owner_id, escalation, share_author),
+        )
         if publish:
             await self.feed.append(db, "item", state, at=now or state["updated"],
                                    item_id=state["id"], generation=self.write_generation)  # fmt: skip
         return returned[0][0]
+
+    async def write_remote_items(self, db: aiosqlite.Connection, states: list[dict], *,
+                                 origin: str) -> None:  # fmt: skip
+        """Store the latest states of items from another node, in one statement: ingest's
+        batched form of `write_item` for remote items (which have no feed entry here)."""
+        await db.executemany(ITEM_UPSERT, [_item_params(state, origin, False, None, None, False)
+                                           for state in states])  # fmt: skip
 
     async def item_versions_in(self, db: aiosqlite.Connection, item_ids: list[str]) -> dict[str, int]:
         """The stored version of each of these items that is stored, read inside a write
@@ -686,11 +703,12 @@ class Store:
         await db.execute(f"UPDATE peers SET {assignments} WHERE id = ?",
                          (*fields.values(), peer_id))  # fmt: skip
 
-    async def record_refusal(self, db: aiosqlite.Connection, peer_id: int, seq: int,
-                             item_id: str | None, reason: str, at: str) -> None:  # fmt: skip
-        await db.execute(
+    async def record_refusals(self, db: aiosqlite.Connection, peer_id: int,
+                              refused: list[tuple[int, str | None, str]], at: str) -> None:  # fmt: skip
+        """Record why entries' states were not applied: (seq, item id, reason) each."""
+        await db.executemany(
             "INSERT INTO ingest_refusals (peer_id, seq, item_id, reason, at) VALUES (?, ?, ?, ?, ?)",
-            (peer_id, seq, item_id, reason, at),
+            [(peer_id, seq, item_id, reason, at) for seq, item_id, reason in refused],
         )
 
     async def refusals(self, peer_id: int, limit: int = 20) -> list[aiosqlite.Row]:
@@ -704,8 +722,9 @@ class Store:
         cursor = await db.execute("DELETE FROM items WHERE origin = ? AND NOT is_local", (origin,))
         return cursor.rowcount
 
-    async def drop_remote_item(self, db: aiosqlite.Connection, item_id: str) -> None:
-        await db.execute("DELETE FROM items WHERE id = ? AND NOT is_local", (item_id,))
+    async def drop_remote_items_by_id(self, db: aiosqlite.Connection, item_ids: list[str]) -> None:
+        await db.executemany("DELETE FROM items WHERE id = ? AND NOT is_local",
+                             [(item_id,) for item_id in item_ids])  # fmt: skip
 
     async def drop_expired_remote_items(self, now: str) -> int:
         async with self.write() as db:

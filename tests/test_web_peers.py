@@ -91,8 +91,8 @@ async def test_the_page_lists_each_peer_with_its_key_trust_lag_and_health(harnes
         last_error="timed out after 10 s", failures=3, next_attempt="2026-11-24T18:20:00Z",
     )  # fmt: skip
     async with harness.node.store.write() as db:
-        await harness.node.store.record_refusal(db, west, 4, SOUP["id"], "title: must be trimmed",
-                                                "2026-11-24T15:00:00Z")  # fmt: skip
+        await harness.node.store.record_refusals(db, west, [(4, SOUP["id"], "title: must be trimmed")],
+                                                 "2026-11-24T15:00:00Z")  # fmt: skip
     # North: not trusted, never read.
     north = await add_peer_row(harness, NORTH, "Northside", trust="unknown", we_follow="none")
 
@@ -305,8 +305,8 @@ async def test_text_from_other_nodes_is_shown_as_text(harness, payload):
     peer_id = await add_peer_row(harness, name=payload, description=payload,
                                  last_error=f"fork: {payload}", they_follow="pending")  # fmt: skip
     async with harness.node.store.write() as db:
-        await harness.node.store.record_refusal(db, peer_id, 1, payload, payload,
-                                                "2026-11-24T15:00:00Z")  # fmt: skip
+        await harness.node.store.record_refusals(db, peer_id, [(1, payload, payload)],
+                                                 "2026-11-24T15:00:00Z")  # fmt: skip
     page = await admin.get("/admin/peers")
     assert page.status_code == 200
     for dangerous in ("<script>alert", "<img src=x", "<svg onload", 'onerror="alert'):
