@@ -32,17 +32,19 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from federation import items as item_rules
-from federation.entries import ChainState, check_key_entry, verify_signature
+from federation import relay as relay_rules
+from federation.entries import ChainState, canonical, check_key_entry, verify_signature
 from federation.errors import BaseUrlError, ProtocolError, ValidationError
 from federation.identity import NodeDocument, parse_base_url, parse_node_document
 from federation.items import N_
 from federation.keys import NodeKey, fingerprint, parse_public_key
 from federation.outbound import FetchError, Outbound
+from federation.strictjson import loads_strict
 from federation.timefmt import format_time, parse_time
 
-from .errors import BadGateway, Invalid, NotFound
+from .errors import BadGateway, ClientError, Invalid, NotFound
 from .feed import read_texts
-from .store import Peer, Store
+from .store import Peer
 
 if TYPE_CHECKING:
     from .accounts import User
@@ -177,8 +179,8 @@ class Allies:
         doc = await self.fetch_document(url)
         async with self.store.write() as db:
             cursor = await db.execute(
-                "INSERT INTO peers (url, name, description, trust, we_follow, created)"
-                " VALUES (?, ?, ?, 'trusted', 'pending', ?) ON CONFLICT (url) DO NOTHING",
+                "INSERT INTO peers (url, name, description, trust, relay, we_follow, created)"
+                " VALUES (?, ?, ?, 'trusted', 1, 'pending', ?) ON CONFLICT (url) DO NOTHING",
                 (url, doc.name, doc.description, now),
             )
             if cursor.rowcount == 0:  # added meanwhile by someone else
@@ -295,30 +297,38 @@ class Allies:
             await self._note(known.id, f"key: a request was signed with {key_id[:200]}, a key "
                                        "not announced in its feed; refused")  # fmt: skip
             raise Unauthorized("signature refused: that key is not the one pinned for your node")
-        loop = asyncio.get_running_loop()
-        failed = self._learn_failures.get(url)
-        if failed is not None and loop.time() - failed[0] < LEARN_FAILURE_MEMORY:
-            raise Unauthorized(f"signature refused: your node document could not be read: {failed[1]}")
-        self._learned_at = [t for t in self._learned_at if loop.time() - t < 60]
-        if len(self._learned_at) >= LEARN_PER_MINUTE:
-            raise Unauthorized("signature refused: too many unknown nodes at once; try again later")
-        self._learned_at.append(loop.time())
-        async with self._learning:
-            try:
-                doc = await self.fetch_document(url)
-            except BadGateway as error:
-                self._learn_failures[url] = (loop.time(), error.message)
-                raise Unauthorized(f"signature refused: {error.message}") from None
+        try:
+            doc = await self._fetch_unknown(url)
+        except ClientError as error:
+            raise Unauthorized(f"signature refused: {error.message}") from None
         if key_id != doc.current_key[0]:
             raise Unauthorized("signature refused: not signed with the node's current key")
         return doc
+
+    async def _fetch_unknown(self, url: str) -> NodeDocument:
+        """The document of a node not met before, within the limits on such fetches (DESIGN
+        §4.4: two at once, 30 a minute, failures remembered ten minutes); ClientError if not."""
+        loop = asyncio.get_running_loop()
+        failed = self._learn_failures.get(url)
+        if failed is not None and loop.time() - failed[0] < LEARN_FAILURE_MEMORY:
+            raise ClientError(f"the node document could not be read: {failed[1]}")
+        self._learned_at = [t for t in self._learned_at if loop.time() - t < 60]
+        if len(self._learned_at) >= LEARN_PER_MINUTE:
+            raise ClientError("too many unknown nodes at once; try again later")
+        self._learned_at.append(loop.time())
+        async with self._learning:
+            try:
+                return await self.fetch_document(url)
+            except BadGateway as error:
+                self._learn_failures[url] = (loop.time(), error.message)
+                raise ClientError(error.message) from None
 
     async def pin_node(self, doc: NodeDocument) -> int:
         """Keep a node whose request verified with its document's key, as `unknown`; its id."""
         async with self.store.write() as db:
             cursor = await db.execute(
-                "INSERT INTO peers (url, name, description, trust, created)"
-                " VALUES (?, ?, ?, 'unknown', ?) ON CONFLICT (url) DO NOTHING",
+                "INSERT INTO peers (url, name, description, trust, relay, created)"
+                " VALUES (?, ?, ?, 'unknown', 1, ?) ON CONFLICT (url) DO NOTHING",
                 (doc.url, doc.name, doc.description, self.node.now_text()),
             )
             if not cursor.rowcount:  # kept meanwhile, by a request that came at the same time
@@ -610,6 +620,7 @@ class Allies:
         """Take in entries of a peer's feed, in order, in one transaction.
 
         Returns (entries accepted, the chain problem that stopped the batch or None)."""
+        await self._learn_relay_origins(entries)
         now = self.node.now_text()
         async with self.store.write() as db:
             peer = await self.store.peer_in(db, peer_id)
@@ -621,11 +632,13 @@ class Allies:
             chain = ChainState(peer.url, peer.received_seq, peer.received_hash, key_id,
                                parse_public_key(public), strictly_read=True)  # fmt: skip
             accepted, problem = 0, None
-            changes = _ItemChanges(await self.store.item_versions_in(db, [
-                raw["body"]["id"] for raw in entries
-                if isinstance(raw, dict) and isinstance(raw.get("body"), dict)
-                and isinstance(raw["body"].get("id"), str)
-            ]))  # fmt: skip
+            ids, origins = _batch_ids(entries)
+            versions, relayed_copies = await self.store.item_versions_in(db, ids)
+            changes = _ItemChanges(
+                self, peer, now, versions=versions, relayed_copies=relayed_copies,
+                relays=await self.store.relays_in(db, ids),
+                origins=await self.store.origin_keys_in(db, origins),
+            )  # fmt: skip
             for raw in entries:
                 if isinstance(raw, dict) and type(raw.get("seq")) is int and raw["seq"] <= chain.seq:
                     continue  # held already: a page or push that overlaps
@@ -640,16 +653,81 @@ class Allies:
                     break
                 accepted += 1
                 if entry["type"] == "item":
-                    changes.judge(entry, origin=peer.url, now=now)
-            await changes.write(self.store, db, peer_id, now=now, origin=peer.url)
+                    changes.judge(entry)
+                elif entry["type"] == "relay":
+                    changes.judge_relay(entry)
+            relayed = await changes.write(db)
             await self.store.update_peer(
                 db, peer_id, received_seq=chain.seq, received_hash=chain.hash,
                 head_seq=max(head_seq, chain.seq, peer.head_seq),
                 **self._read_health(peer, problem, answered=True),
             )  # fmt: skip
+        if relayed:
+            self.wake_delivery()
         if problem is not None:
             log.warning("ingest from %s stopped: %s", peer.url, problem)
         return accepted, problem
+
+    async def _learn_relay_origins(self, entries: list) -> None:
+        """Pin the origins of relayed needs not met before, before the write transaction (a
+        fetch must not hold it): their document, through the address guard and the same
+        limits as any unknown node's. A relay whose origin cannot be learned is refused
+        later, with the reason recorded on the peer."""
+        _, origins = _batch_ids(entries)
+        own = self.node.config.base_url
+        for url in sorted(set(origins) - {own}):
+            if await self.store.peer_by_url(url) is not None:
+                continue
+            try:
+                url = parse_base_url(url, allow_private_addresses=self.node.config.allow_private_addresses)
+                doc = await self._fetch_unknown(url)
+            except (BaseUrlError, ClientError) as error:
+                log.info("could not learn %s, the origin of a relayed need: %s", url[:200], error)
+                continue
+            await self.pin_node(doc)
+
+    async def relay(self, db: aiosqlite.Connection, inner: dict, path: list[str], *, now: str,
+                    new: bool, known: dict | None) -> int:  # fmt: skip
+        """Pass an origin's need on: append a relay entry carrying `inner` verbatim along
+        `path` (this node last) to our feed, inside the caller's transaction; 1 if appended.
+
+        A need not relayed before counts against its origin's quota (RELAYS_PER_ORIGIN_PER_DAY
+        new needs a day): beyond it, the newest version waits (`relay_waiting` sends it once
+        the quota frees up), and one that ends while waiting is dropped, since no one got it.
+        Later versions of a need already relayed always go out."""
+        state = inner["body"]
+        item_id, origin = state["id"], inner["origin"]
+        if new or (known is not None and known["state"] == "waiting"):
+            since = format_time(self.node.now() - timedelta(days=1))
+            if await self.store.relays_since(db, origin, since) >= RELAYS_PER_ORIGIN_PER_DAY:
+                if state["status"] in item_rules.LIVE_STATUSES:
+                    await self.store.save_relay(db, item_id, origin=origin, path=path,
+                                                version=state["version"], state="waiting",
+                                                entry=canonical(inner).decode(), now=now)  # fmt: skip
+                else:
+                    await self.store.forget_relay(db, item_id)
+                return 0
+        await self.store.feed.append(db, "relay", relay_rules.relay_body(inner, path), at=now,
+                                     generation=self.store.write_generation)  # fmt: skip
+        await self.store.save_relay(db, item_id, origin=origin, path=path, version=state["version"],
+                                    state="relayed", entry=None, now=now)  # fmt: skip
+        return 1
+
+    async def relay_waiting(self) -> int:
+        """Send relays that waited for their origin's quota, as far as it now allows."""
+        sent = 0
+        for item_id, _origin in await self.store.waiting_relays():
+            async with self.store.write() as db:
+                waiting = await self.store.waiting_relay_in(db, item_id)
+                if waiting is None:
+                    continue
+                _, path, text = waiting
+                inner = loads_strict(text)
+                sent += await self.relay(db, inner, path, now=self.node.now_text(), new=False,
+                                         known={"state": "waiting"})  # fmt: skip
+        if sent:
+            self.wake_delivery()
+        return sent
 
     async def _take_key(self, db: aiosqlite.Connection, peer_id: int, entry: dict,
                         old_key: str) -> None:  # fmt: skip
@@ -777,51 +855,166 @@ def _chain_problem(chain: ChainState, raw: object, error: ProtocolError) -> str:
 
 
 
+def _batch_ids(entries: list) -> tuple[list[str], list[str]]:
+    """The item ids a batch of raw entries speaks of (item entries and relayed ones), and the
+    origins of the needs relayed in it: read before judging, in a few queries."""
+    ids, origins = [], []
+    for raw in entries:
+        if not isinstance(raw, dict) or not isinstance(raw.get("body"), dict):
+            continue
+        body = raw["body"]
+        if raw.get("type") == "relay" and isinstance(body.get("entry"), dict):
+            inner = body["entry"]
+            if isinstance(inner.get("origin"), str):
+                origins.append(inner["origin"])
+            body = inner.get("body") if isinstance(inner.get("body"), dict) else {}
+        if isinstance(body.get("id"), str):
+            ids.append(body["id"])
+    return ids, origins
+
+
+RELAYS_PER_ORIGIN_PER_DAY = 20  # new needs a node begins relaying for one origin (DESIGN §6)
+
+
 class _ItemChanges:
-    """What one ingest batch does to remote items, judged entry by entry in memory and
-    written at the end in a few statements (not one per entry).
+    """What one ingest batch does to remote items and relays, judged entry by entry in memory
+    and written at the end in a few statements (not one per entry).
 
     `versions` holds the stored version of the batch's items and is kept current as states
     are judged, so a later entry of the same item is judged against the earlier one; only
-    each item's last outcome (a state to store, or a removal) is written."""
+    each item's last outcome (a state to store, or a removal) is written. `relays` holds what
+    this node has relayed of them; `origins` the pinned keys of relayed needs' origins."""
 
-    def __init__(self, versions: dict[str, int]) -> None:
-        self.versions = versions
+    def __init__(self, allies: "Allies", peer: Peer, now: str, *, versions: dict[str, int],
+                 relayed_copies: set[str], relays: dict[str, dict],
+                 origins: dict[str, tuple]) -> None:  # fmt: skip
+        self.allies = allies
+        self.own = allies.node.config.base_url
+        self.peer, self.now = peer, now
+        self.versions, self.relays, self.origins = versions, relays, origins
+        self.relayed_copies = relayed_copies
         self.stored: dict[str, dict | None] = {}  # item id → state to store, or None: remove
+        self.via: dict[str, list[str]] = {}  # item id → relay path, for relayed copies
         self.refused: list[tuple[int, str | None, str]] = []
+        self.to_relay: dict[str, tuple[dict, list[str], bool]] = {}  # id → (entry, path, new)
+        self.sightings: list[tuple[str, str]] = []
 
-    def judge(self, entry: dict, *, origin: str, now: str) -> None:
-        """Content validity of an accepted item entry: apply its state, or note why not."""
+    def _refuse(self, entry: dict, item_id: str | None, reason: str) -> None:
+        self.refused.append((entry["seq"], item_id, reason[:500]))
+
+    def judge(self, entry: dict) -> None:
+        """Content validity of an accepted item entry, read from its origin's own feed."""
         state = entry["body"]
         item_id = state.get("id") if isinstance(state.get("id"), str) else None
         try:
-            item_rules.validate_state(state, origin=origin, in_entry=True)
+            item_rules.validate_state(state, origin=self.peer.url, in_entry=True)
         except ValidationError as error:
-            self.refused.append((entry["seq"], item_id, f"{error.field or 'item'}: {error}"))
+            self._refuse(entry, item_id, f"{error.field or 'item'}: {error}")
             return
         if state["reach"] == "local":
-            self.refused.append((entry["seq"], item_id, "reach: a local item is not for other nodes"))
+            self._refuse(entry, item_id, "reach: a local item is not for other nodes")
             return
         held = self.versions.get(item_id)
         if held is not None and held >= state["version"]:
-            self.refused.append((entry["seq"], item_id,
-                                 f"version {state['version']} is not newer than {held}"))  # fmt: skip
+            if not (held == state["version"] and item_id in self.relayed_copies):
+                self._refuse(entry, item_id, f"version {state['version']} is not newer than {held}")
             return
-        if state["status"] not in item_rules.LIVE_STATUSES or state["expires"] <= now:
+        self._apply(state, via=None)
+        self._consider_relay(entry, state, path=[], distance=1)
+
+    def judge_relay(self, entry: dict) -> None:
+        """A relay entry in the peer's feed: check what it carries with the origin's own key,
+        hold the need if it is new to us and within reach, and pass it on if we should."""
+        try:
+            relayed = relay_rules.open_relay(
+                entry["body"], relayer=self.peer.url, reader=self.own,
+                allow_private_addresses=self.allies.node.config.allow_private_addresses,
+            )  # fmt: skip
+        except relay_rules.RelayIgnored:
+            inner = entry["body"]["entry"]
+            item_id = inner.get("body", {}).get("id") if isinstance(inner.get("body"), dict) else None
+            if inner.get("origin") == self.own and isinstance(item_id, str):
+                self.sightings.extend((item_id, hop) for hop in entry["body"]["path"])
+            return
+        except ProtocolError as error:
+            self._refuse(entry, None, f"relay: {error}")
+            return
+        item_id = relayed.item_id
+        known = self.origins.get(relayed.origin)
+        if known is None:
+            self._refuse(entry, item_id, f"relay: the key of {relayed.origin} could not be learned")
+            return
+        _, trust, keys = known
+        if trust == "blocked":
+            self._refuse(entry, item_id, f"relay: {relayed.origin} is blocked here")
+            return
+        try:
+            key_id, public = key_in_force(keys, relayed.inner["seq"])
+            if relayed.inner["key"] != key_id:
+                raise ProtocolError(f"not signed with {relayed.origin}'s key in force ({key_id})")
+            state = relay_rules.check_relayed(relayed, parse_public_key(public))
+        except ValidationError as error:
+            self._refuse(entry, item_id, f"relay: {error.field or 'item'}: {error}")
+            return
+        except ProtocolError as error:
+            self._refuse(entry, item_id, f"relay: {error}")
+            return
+        held = self.versions.get(item_id)
+        if held is not None and held >= state["version"]:
+            return  # a copy we hold already, by another way (diamonds and rings)
+        if held is None and not relay_rules.within_reach(state, relayed.distance):
+            self._refuse(entry, item_id, f"relay: beyond the need's hop limit ({state.get('hop_limit')})")
+            return
+        self._apply(state, via=relayed.path)
+        self._consider_relay(relayed.inner, state, path=relayed.path, distance=relayed.distance)
+
+    def _apply(self, state: dict, *, via: list[str] | None) -> None:
+        item_id = state["id"]
+        held = self.versions.get(item_id)
+        if state["status"] not in item_rules.LIVE_STATUSES or state["expires"] <= self.now:
             if held is not None:
                 self.stored[item_id] = None
                 del self.versions[item_id]
+            self.via.pop(item_id, None)
             return
         self.stored[item_id] = state
         self.versions[item_id] = state["version"]
+        if via:
+            self.via[item_id] = via
+        else:
+            self.via.pop(item_id, None)
 
-    async def write(self, store: "Store", db: aiosqlite.Connection, peer_id: int, *, now: str,
-                    origin: str) -> None:  # fmt: skip
+    def _consider_relay(self, inner: dict, state: dict, *, path: list[str], distance: int) -> None:
+        """Relay every later version of what we relayed; begin relaying a live need at network
+        reach while our distance is below its hop limit, if we relay this peer's needs."""
+        item_id = state["id"]
+        if item_id in self.relays:
+            self.to_relay[item_id] = (inner, self.relays[item_id]["path"], False)
+        elif item_id in self.to_relay:  # begun in this batch: send its newest version instead,
+            _, first_path, _ = self.to_relay[item_id]  # unless it ended before anyone got it
+            if state["status"] in item_rules.LIVE_STATUSES and state["expires"] > self.now:
+                self.to_relay[item_id] = (inner, first_path, True)
+            else:
+                del self.to_relay[item_id]
+        elif (self.peer.relay and relay_rules.passes_on(state, distance)
+              and state["status"] in item_rules.LIVE_STATUSES and state["expires"] > self.now):  # fmt: skip
+            self.to_relay[item_id] = (inner, [*path, self.own], True)
+
+    async def write(self, db: aiosqlite.Connection) -> int:
+        """Write what the batch decided; the number of relay entries appended to our feed."""
+        store = self.allies.store
         states = [state for state in self.stored.values() if state is not None]
         removed = [item_id for item_id, state in self.stored.items() if state is None]
         if states:
-            await store.write_remote_items(db, states, origin=origin)
+            await store.write_remote_items(db, states, source_peer=self.peer.id, via=self.via)
         if removed:
             await store.drop_remote_items_by_id(db, removed)
         if self.refused:
-            await store.record_refusals(db, peer_id, self.refused, now)
+            await store.record_refusals(db, self.peer.id, self.refused, self.now)
+        if self.sightings:
+            await store.record_sightings(db, self.sightings, self.now)
+        appended = 0
+        for item_id, (inner, path, new) in self.to_relay.items():
+            appended += await self.allies.relay(db, inner, path, now=self.now, new=new,
+                                                known=self.relays.get(item_id))  # fmt: skip
+        return appended

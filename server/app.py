@@ -182,6 +182,21 @@ async def _expire_periodically(node: Node) -> None:
         await asyncio.sleep(EXPIRY_INTERVAL)
 
 
+async def _escalate_periodically(node: Node) -> None:
+    """Escalate needs whose delay has passed, and send relays that waited for their origin's
+    quota; checked often enough that a need asks allies within a tenth of its delay."""
+    interval = max(1.0, min(30.0, node.config.escalate_after_urgent / 10, node.config.escalate_after / 10))
+    while True:
+        try:
+            count = await node.escalate_due_needs()
+            if count:
+                log.info("escalated %d needs to allies", count)
+            await node.allies.relay_waiting()
+        except Exception:
+            log.exception("escalation worker failed; retrying")
+        await asyncio.sleep(interval)
+
+
 def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = True) -> Starlette:
     """Build a node. `workers=False` leaves the background workers off (for tests that drive
     them by hand with an injected clock)."""
@@ -193,6 +208,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
         tasks = []
         if workers:
             tasks = [asyncio.create_task(_expire_periodically(node)),
+                     asyncio.create_task(_escalate_periodically(node)),
                      asyncio.create_task(node.allies.run()),
                      asyncio.create_task(node.allies.run_delivery())]  # fmt: skip
         try:

@@ -44,10 +44,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Address `serve` listens on."),
     Setting("port", int, 8000, "Port `serve` listens on.", minimum=1),
     Setting("poll_interval", int, 60, "Seconds between pulls of each followed feed.", minimum=5),
-    Setting("escalate_after", int, 86400, "Seconds before an unmet need asks allies.", minimum=60),
+    Setting("escalate_after", int, 86400, "Seconds before an unmet need asks allies.", minimum=1),
     Setting(
         "escalate_after_urgent", int, 7200, "Seconds before an unmet urgent need asks allies.",
-        minimum=60,
+        minimum=1,
     ),
     Setting("feed_public", bool, False, "Let anyone read the feed (publishes every federated item)."),
     Setting("public_offers", bool, False, "Show our own open offers (never allies') to visitors who are not logged in."),

@@ -20,7 +20,7 @@ from federation.errors import BaseUrlError, ValidationError
 from federation.identity import node_document, parse_base_url
 from federation.items import N_
 from federation.keys import generate_key, parse_public_key, save_key
-from federation.timefmt import Clock, format_time, system_clock
+from federation.timefmt import Clock, format_time, parse_time, system_clock
 
 from . import __version__
 from .accounts import Passwords, RateLimiter, check_new_password, new_secret, secret_hash
@@ -106,6 +106,15 @@ def init_node(
         raise
 
 
+def _escalates(row: ItemRow, now: datetime, delay: int) -> bool:
+    """Whether a local need is due to ask allies now (read again inside the write)."""
+    state = row.state
+    return (row.is_local and state["kind"] == "need" and state["status"] == "open"
+            and state["reach"] == "local" and (row.escalation or "after_delay") == "after_delay"
+            and parse_time(state["created"]) + timedelta(seconds=delay) <= now
+            and state["expires"] > format_time(now))  # fmt: skip
+
+
 @dataclass
 class ItemView:
     """An item as one viewer may see it, with what they may do to it."""
@@ -129,6 +138,8 @@ class ItemView:
         out = item_rules.ordered(self.row.state)
         out["origin"] = self.row.origin
         out["origin_name"] = self.origin_name
+        if self.row.via:
+            out["via"] = list(self.row.via)
         if self.can_edit:
             if self.row.state["kind"] == "need":
                 out["escalation"] = self.row.escalation or "after_delay"
@@ -477,6 +488,47 @@ class Node:
         if expired:
             self.allies.wake_delivery()
         return expired
+
+    def escalation_delay(self, state: dict) -> int:
+        """Seconds after `created` that an unmet need asks allies (DESIGN §6)."""
+        if state.get("urgency") == "urgent":
+            return self.config.escalate_after_urgent
+        return self.config.escalate_after
+
+    async def escalate_due_needs(self) -> int:
+        """Ask allies about local needs still open once their delay has passed: reach becomes
+        `allies`, a real change (version +1) whose entry carries the need to every ally. A
+        need kept in the group (`escalation: never`), or promised, fulfilled or withdrawn
+        before then, never leaves it."""
+        now = self.now()
+        due = await self.store.due_for_escalation(
+            urgent_before=format_time(now - timedelta(seconds=self.config.escalate_after_urgent)),
+            other_before=format_time(now - timedelta(seconds=self.config.escalate_after)),
+        )  # fmt: skip
+        escalated = 0
+        for item_id in due:
+            async with self.store.write() as db:
+                row = await self.store.item_in(db, item_id)
+                if row is None or not _escalates(row, now, self.escalation_delay(row.state)):
+                    continue
+                owner = await self.store.user_by_id(row.owner_id) if row.owner_id else None
+                state = item_rules.change_state(
+                    row.state, item_rules.parse_item_input({"reach": "allies"}, partial=True),
+                    now=now, author=self._author_for(owner.display_name if owner else
+                                                     row.state["author"], row.share_author),
+                )  # fmt: skip
+                await self.store.write_item(
+                    db, state, origin=row.origin, is_local=True, owner_id=row.owner_id,
+                    escalation=row.escalation, share_author=row.share_author,
+                    now=format_time(now), held_version=row.state["version"],
+                )  # fmt: skip
+                await self.store.audit(db, now=format_time(now), actor=None,
+                                       action="item.escalate", target=item_id,
+                                       detail="unmet after its delay: asked allies")  # fmt: skip
+                escalated += 1
+        if escalated:
+            self.allies.wake_delivery()
+        return escalated
 
     async def item_for(self, item_uuid: str, viewer: User | None) -> ItemView:
         """The item with that uuid as `viewer` may see it, or NotFound.

@@ -54,6 +54,7 @@ class ItemRow:
     escalation: str | None
     share_author: bool
     row: int
+    via: list[str] | None = None  # relaying nodes, for a relayed copy of a remote need
 
 
 PEER_COLUMNS = (
@@ -123,29 +124,32 @@ def _item(row: aiosqlite.Row) -> ItemRow:
         state=json.loads(row["state"]), origin=row["origin"], is_local=bool(row["is_local"]),
         owner_id=row["owner_id"], escalation=row["escalation"],
         share_author=bool(row["share_author"]), row=row["row"],
+        via=json.loads(row["via"]) if row["via"] else None,
     )  # fmt: skip
 
 
 USER_COLUMNS = "id, username, display_name, role, disabled, created"
-ITEM_COLUMNS = "row, state, origin, is_local, owner_id, escalation, share_author"
+ITEM_COLUMNS = "row, state, origin, is_local, owner_id, escalation, share_author, via"
 
 
 ITEM_UPSERT = (
     "INSERT INTO items (id, uuid, origin, is_local, kind, category, status, reach,"
     " urgency, geohash, title, body, tags, created, updated, expires, version, state,"
-    " owner_id, escalation, share_author)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " owner_id, escalation, share_author, via, source_peer)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET category = excluded.category,"
     " status = excluded.status, reach = excluded.reach, urgency = excluded.urgency,"
     " geohash = excluded.geohash, title = excluded.title, body = excluded.body,"
     " tags = excluded.tags, updated = excluded.updated, expires = excluded.expires,"
     " version = excluded.version, state = excluded.state,"
-    " escalation = excluded.escalation, share_author = excluded.share_author"
+    " escalation = excluded.escalation, share_author = excluded.share_author,"
+    " via = excluded.via, source_peer = excluded.source_peer"
 )
 
 
 def _item_params(state: dict, origin: str, is_local: bool, owner_id: int | None,
-                 escalation: str | None, share_author: bool) -> tuple:  # fmt: skip
+                 escalation: str | None, share_author: bool, via: list[str] | None = None,
+                 source_peer: int | None = None) -> tuple:  # fmt: skip
     """The parameters of ITEM_UPSERT for one item state."""
     location = state.get("location", {})
     return (
@@ -154,7 +158,7 @@ def _item_params(state: dict, origin: str, is_local: bool, owner_id: int | None,
         state.get("urgency"), location.get("geohash"), state["title"], state["body"],
         " ".join(state.get("tags", [])), state["created"], state["updated"],
         state["expires"], state["version"], json.dumps(state, ensure_ascii=False),
-        owner_id, escalation, int(share_author),
+        owner_id, escalation, int(share_author), json.dumps(via) if via else None, source_peer,
     )  # fmt: skip
 
 
@@ -616,24 +620,134 @@ class Store:
         return returned[0][0]
 
     async def write_remote_items(self, db: aiosqlite.Connection, states: list[dict], *,
-                                 origin: str) -> None:  # fmt: skip
-        """Store the latest states of items from another node, in one statement: ingest's
-        batched form of `write_item` for remote items (which have no feed entry here)."""
-        await db.executemany(ITEM_UPSERT, [_item_params(state, origin, False, None, None, False)
-                                           for state in states])  # fmt: skip
+                                 origin: str | None = None, source_peer: int | None = None,
+                                 via: dict[str, list[str]] | None = None) -> None:  # fmt: skip
+        """Store the latest states of items from other nodes, in one statement: ingest's
+        batched form of `write_item` for remote items (which have no feed entry here).
 
-    async def item_versions_in(self, db: aiosqlite.Connection, item_ids: list[str]) -> dict[str, int]:
-        """The stored version of each of these items that is stored, read inside a write
-        transaction, in a few queries rather than one per item."""
-        versions: dict[str, int] = {}
+        Each item's origin is the one its id names (`origin`, when given, must agree);
+        `source_peer` is the peer whose feed they were read from, `via` the relay path of
+        each relayed one, by item id."""
+        via = via or {}
+        params = []
+        for state in states:
+            item_origin = state["id"].rsplit("/items/", 1)[0]
+            if origin is not None and item_origin != origin:
+                raise ValueError(f"{state['id']} is not an item of {origin}")
+            params.append(_item_params(state, item_origin, False, None, None, False,
+                                       via.get(state["id"]), source_peer))  # fmt: skip
+        await db.executemany(ITEM_UPSERT, params)
+
+    # ------------------------------------------------------------------------ relay
+
+    async def origin_keys_in(self, db: aiosqlite.Connection, urls: list[str]
+                             ) -> dict[str, tuple[int, str, list[tuple]]]:  # fmt: skip
+        """For each of these nodes that is pinned: (peer id, trust, its keys as
+        `peer_keys_in` gives them), read inside a write transaction."""
+        found: dict[str, tuple[int, str, list[tuple]]] = {}
+        for url in sorted(set(urls)):
+            rows = await db.execute_fetchall("SELECT id, trust FROM peers WHERE url = ?", (url,))
+            if rows:
+                found[url] = (rows[0][0], rows[0][1], await self.peer_keys_in(db, rows[0][0]))
+        return found
+
+    async def relays_in(self, db: aiosqlite.Connection, item_ids: list[str]) -> dict[str, dict]:
+        """What this node has relayed (or holds waiting to relay) of these items, by item id:
+        {"path", "version", "state"}."""
+        found: dict[str, dict] = {}
         unique = sorted(set(item_ids))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             rows = await db.execute_fetchall(
-                f"SELECT id, version FROM items WHERE id IN ({', '.join('?' * len(chunk))})", chunk
-            )
-            versions.update((row[0], row[1]) for row in rows)
-        return versions
+                f"SELECT item_id, path, version, state FROM relays"
+                f" WHERE item_id IN ({', '.join('?' * len(chunk))})", chunk,
+            )  # fmt: skip
+            for item_id, path, version, state in rows:
+                found[item_id] = {"path": json.loads(path), "version": version, "state": state}
+        return found
+
+    async def relays_since(self, db: aiosqlite.Connection, origin: str, since: str) -> int:
+        """How many of an origin's needs this node began relaying since `since`."""
+        rows = await db.execute_fetchall(
+            "SELECT count(*) FROM relays WHERE origin = ? AND first_relayed >= ?", (origin, since)
+        )
+        return rows[0][0]
+
+    async def save_relay(self, db: aiosqlite.Connection, item_id: str, *, origin: str,
+                         path: list[str], version: int, state: str, entry: str | None,
+                         now: str) -> None:  # fmt: skip
+        """Record that a version of an item was relayed (`state` relayed) or waits for the
+        origin's quota (`waiting`, with the entry to relay)."""
+        await db.execute(
+            "INSERT INTO relays (item_id, origin, path, version, state, entry, first_relayed,"
+            " updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, CASE WHEN ?5 = 'relayed' THEN ?7 END, ?7)"
+            " ON CONFLICT (item_id) DO UPDATE SET version = excluded.version,"
+            " state = excluded.state, entry = excluded.entry, updated = excluded.updated,"
+            " first_relayed = coalesce(relays.first_relayed, excluded.first_relayed)",
+            (item_id, origin, json.dumps(path), version, state, entry, now),
+        )
+
+    async def forget_relay(self, db: aiosqlite.Connection, item_id: str) -> None:
+        await db.execute("DELETE FROM relays WHERE item_id = ?", (item_id,))
+
+    async def waiting_relays(self, limit: int = 200) -> list[tuple[str, str]]:
+        """(item id, origin) of relays waiting for their origin's quota, oldest first."""
+        rows = await self.fetch_all(
+            "SELECT item_id, origin FROM relays WHERE state = 'waiting' ORDER BY updated LIMIT ?",
+            (limit,),
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def waiting_relay_in(self, db: aiosqlite.Connection, item_id: str) -> tuple | None:
+        """(origin, path, entry text) of a relay still waiting, read in a write transaction."""
+        rows = await db.execute_fetchall(
+            "SELECT origin, path, entry FROM relays WHERE item_id = ? AND state = 'waiting'",
+            (item_id,),
+        )
+        return (rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
+
+    async def record_sightings(self, db: aiosqlite.Connection,
+                               seen: list[tuple[str, str]], at: str) -> None:  # fmt: skip
+        """Note that our own needs were relayed: (item id, relaying node) each."""
+        await db.executemany(
+            "INSERT INTO relay_sightings (item_id, relayer, seen) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            [(item_id, relayer, at) for item_id, relayer in seen],
+        )
+
+    async def sightings(self, item_ids: list[str]) -> dict[str, list[str]]:
+        """The nodes seen relaying each of our own items, by item id."""
+        found: dict[str, list[str]] = {item_id: [] for item_id in item_ids}
+        unique = sorted(set(item_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = await self.fetch_all(
+                f"SELECT item_id, relayer FROM relay_sightings"
+                f" WHERE item_id IN ({', '.join('?' * len(chunk))}) ORDER BY seen, relayer",
+                tuple(chunk),
+            )  # fmt: skip
+            for item_id, relayer in rows:
+                found[item_id].append(relayer)
+        return found
+
+    async def item_versions_in(self, db: aiosqlite.Connection, item_ids: list[str]
+                               ) -> tuple[dict[str, int], set[str]]:  # fmt: skip
+        """The stored version of each of these items that is stored, and which of them are
+        relayed copies, read inside a write transaction, in a few queries."""
+        versions: dict[str, int] = {}
+        relayed: set[str] = set()
+        unique = sorted(set(item_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = await db.execute_fetchall(
+                f"SELECT id, version, via IS NOT NULL FROM items"
+                f" WHERE id IN ({', '.join('?' * len(chunk))})", chunk,
+            )  # fmt: skip
+            for item_id, version, is_relayed in rows:
+                versions[item_id] = version
+                if is_relayed:
+                    relayed.add(item_id)
+        return versions, relayed
 
     async def item_in(self, db: aiosqlite.Connection, item_id: str) -> ItemRow | None:
         """An item read inside a write transaction (so a change sees the latest state)."""
@@ -657,6 +771,18 @@ class Store:
             "SELECT id FROM items WHERE is_local AND status IN ('open', 'promised')"
             " AND expires <= ? ORDER BY expires LIMIT ?",
             (now, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def due_for_escalation(self, *, urgent_before: str, other_before: str,
+                                 limit: int = 500) -> list[str]:  # fmt: skip
+        """Local needs still open and in the group whose delay has passed (DESIGN §6)."""
+        rows = await self.fetch_all(
+            "SELECT id FROM items WHERE is_local AND kind = 'need' AND status = 'open'"
+            " AND reach = 'local' AND coalesce(escalation, 'after_delay') = 'after_delay'"
+            " AND created <= CASE WHEN urgency = 'urgent' THEN ? ELSE ? END"
+            " ORDER BY created LIMIT ?",
+            (urgent_before, other_before, limit),
         )
         return [row[0] for row in rows]
 
@@ -719,7 +845,12 @@ class Store:
         )
 
     async def drop_remote_items(self, db: aiosqlite.Connection, origin: str) -> int:
-        cursor = await db.execute("DELETE FROM items WHERE origin = ? AND NOT is_local", (origin,))
+        """Remove a node's items, and those read from its feed (the needs it relayed)."""
+        cursor = await db.execute(
+            "DELETE FROM items WHERE NOT is_local AND (origin = ?1 OR source_peer ="
+            " (SELECT id FROM peers WHERE url = ?1))",
+            (origin,),
+        )
         return cursor.rowcount
 
     async def drop_remote_items_by_id(self, db: aiosqlite.Connection, item_ids: list[str]) -> None:
