@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from federation.timefmt import Clock, system_clock
 
-from . import api, federation_routes, web, wellknown
+from . import api, federation_routes, responses, web, wellknown
 from .config import Config
 from .errors import ClientError
 from .node import Node
@@ -201,6 +201,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     """Build a node. `workers=False` leaves the background workers off (for tests that drive
     them by hand with an injected clock)."""
     node = Node(config, clock=clock)
+    node.responses = responses.Responses(node)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -210,7 +211,8 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
             tasks = [asyncio.create_task(_expire_periodically(node)),
                      asyncio.create_task(_escalate_periodically(node)),
                      asyncio.create_task(node.allies.run()),
-                     asyncio.create_task(node.allies.run_delivery())]  # fmt: skip
+                     asyncio.create_task(node.allies.run_delivery()),
+                     asyncio.create_task(node.responses.run())]  # fmt: skip
         try:
             yield
         finally:
@@ -226,6 +228,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
         *wellknown.routes,
         *api.routes,
         *federation_routes.routes,
+        *responses.routes,
         *web.routes,
         Mount("/static", app=StaticFiles(directory=static_dir), name="static"),
     ]

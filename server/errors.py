@@ -10,7 +10,8 @@
     ├── UnsupportedMediaType (415)
     ├── Invalid (422)            a value breaks a rule; carries the field's name
     ├── TooManyRequests (429)    carries Retry-After
-    └── BadGateway (502)         another node could not be reached or answered unusably
+    ├── BadGateway (502)         another node could not be reached or answered unusably
+    └── GatewayTimeout (504)     another node did not answer in time
 
 One handler (in `server.app`) renders them as `{"error": message}` for the API and federation
 routes and as the error page for everything else. Anything else that escapes a handler is
@@ -81,3 +82,7 @@ class TooManyRequests(ClientError):
 
 class BadGateway(ClientError):
     status = 502
+
+
+class GatewayTimeout(ClientError):
+    status = 504

@@ -4,9 +4,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .api import read_json
-from .errors import ClientError, Forbidden, PayloadTooLarge
+from .errors import ClientError, Forbidden, PayloadTooLarge, Unauthorized
 from .feed import FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, page_json, read_page
-from .routing import federation
+from .responses import inbox_message
+from .routing import INBOX_MAX_BYTES, federation
 
 
 def _whole_number(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -30,9 +31,6 @@ async def feed(request: Request) -> Response:
         texts, head = await read_page(db, after, limit)
     return Response(page_json(node.config.base_url, texts, head), media_type="application/json",
                     headers={"Cache-Control": "no-store"})  # fmt: skip
-
-
-INBOX_MAX_BYTES = 512 * 1024
 
 
 async def _json_body(request: Request) -> dict:
@@ -66,12 +64,20 @@ async def unsubscribe(request: Request) -> Response:
 
 
 async def inbox(request: Request) -> Response:
-    """`POST /federation/inbox`: pushed entries, or the answer to our subscription."""
+    """`POST /federation/inbox`: pushed entries, the answer to our subscription, a response to
+    one of our items, or what became of a response we sent (access `inbox_sender`: the type
+    chose which keys could sign it)."""
     node, signer = request.app.state.node, request.state.peer
     if len(await request.body()) > INBOX_MAX_BYTES:
         raise PayloadTooLarge(f"an inbox message is at most {INBOX_MAX_BYTES} bytes")
-    body = await _json_body(request)
+    parsed = getattr(request.state, "inbox_message", None)
+    json_sent = request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+    body = parsed if isinstance(parsed, dict) and json_sent else await _json_body(request)
     kind = body.get("type")
+    if kind in ("response", "response-status"):
+        return await inbox_message(node, signer, body)
+    if signer.trust != "trusted":  # identified among trusted keys only; checked once more
+        raise Unauthorized("signature refused: this node takes that message only from its allies")
     if kind == "entries":
         if set(body) != {"type", "origin", "entries"}:
             raise ClientError("an entries message is {type, origin, entries}")
@@ -84,7 +90,8 @@ async def inbox(request: Request) -> Response:
             raise ClientError("a subscription message is {type, state: accepted|rejected}")
         await node.allies.subscription_answered(signer.peer_id, body["state"])
         return JSONResponse({"ok": True})
-    raise ClientError("unknown message type: expected entries or subscription", field="type")
+    raise ClientError("unknown message type: expected entries, subscription, response or "
+                      "response-status", field="type")
 
 
 async def cursor(request: Request) -> Response:
@@ -97,7 +104,7 @@ async def cursor(request: Request) -> Response:
 routes = [
     federation("/federation/feed", feed, "feed_reader", name="federation_feed"),
     federation("/federation/cursor", cursor, "trusted_node", name="federation_cursor"),
-    federation("/federation/inbox", inbox, "trusted_node", methods=("POST",),
+    federation("/federation/inbox", inbox, "inbox_sender", methods=("POST",),
                name="federation_inbox"),
     federation("/federation/subscriptions", subscribe, "any_node", methods=("POST",),
                name="federation_subscribe"),

@@ -122,6 +122,7 @@ class ItemView:
     row: ItemRow
     origin_name: str
     can_edit: bool
+    via_names: tuple[str, ...] = ()  # the relaying groups' names, for a relayed copy
 
     @property
     def state(self) -> dict:
@@ -388,7 +389,8 @@ class Node:
             row.owner_id == viewer.id or has_role(viewer, "coordinator")
         )
         origin_name = self.config.name if row.is_local else self.peer_names.get(row.origin, row.origin)
-        return ItemView(row=row, origin_name=origin_name, can_edit=can_edit)
+        via_names = tuple(self.peer_names.get(url, url) for url in row.via or ())
+        return ItemView(row=row, origin_name=origin_name, can_edit=can_edit, via_names=via_names)
 
     def local_id(self, item_uuid: str) -> str:
         return f"{self.config.base_url}/items/{item_uuid}"

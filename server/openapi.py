@@ -5,6 +5,7 @@ the ones the code enforces.
 """
 
 from federation import items as r
+from federation import responses as resp
 
 from . import __version__
 
@@ -132,6 +133,71 @@ def openapi_document(node) -> dict:
                     },
                 },
             },
+            "/api/v1/responses": {
+                "get": {"summary": "Responses to the member's items (coordinators and admins: "
+                                   "to every item), with how to reach their senders",
+                        "responses": {"200": {"description": "Responses, newest first",
+                                              "content": {"application/json": {"schema": {
+                                                  "type": "object", "required": ["responses"],
+                                                  "properties": {"responses": {"type": "array", "items": {
+                                                      "$ref": "#/components/schemas/Response"}}}}}}},
+                                      "401": _error("No valid API token")}},
+                "post": {
+                    "summary": "Respond to an item: to another node's, delivered to its origin "
+                               "before the answer; to this node's own, stored here",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["item", "message", "contact"], "properties": {
+                            "item": {"type": "string", "format": "uri"},
+                            "message": {"type": "string", "minLength": 1, "maxLength": resp.MESSAGE_MAX},
+                            "contact": {"type": "string", "minLength": 1, "maxLength": resp.CONTACT_MAX,
+                                        "description": "Sent to the item's origin only, never kept here."}}}}}},
+                    "responses": {
+                        "202": {"description": "Taken by the item's origin", "content": {
+                            "application/json": {"schema": {"type": "object", "required": ["id"],
+                                                            "properties": {"id": {"type": "string"}}}}}},
+                        "400": _error("Not JSON"), "401": _error("No valid API token"),
+                        "403": _error("Your own item; the origin refuses this node; or an origin "
+                                      "not reached over https"),
+                        "404": _error("No such item (here or at its origin)"),
+                        "409": _error("The item is no longer open"),
+                        "415": _error("Not sent as application/json"),
+                        "422": _error("A field breaks a rule; `field` names it"),
+                        "429": _error("The origin had many responses from this node: see Retry-After"),
+                        "502": _error("The item's origin could not be reached"),
+                        "504": _error("The item's origin did not answer in time"),
+                    },
+                },
+            },
+            "/api/v1/responses/sent": {
+                "get": {"summary": "What the member sent, and what became of it (never the contact)",
+                        "responses": {"200": {"description": "Responses sent, newest first",
+                                              "content": {"application/json": {"schema": {
+                                                  "type": "object", "required": ["responses"],
+                                                  "properties": {"responses": {"type": "array", "items": {
+                                                      "$ref": "#/components/schemas/SentResponse"}}}}}}},
+                                      "401": _error("No valid API token")}},
+            },
+            "/api/v1/responses/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": r.UUID_RE.pattern}}],
+                "patch": {
+                    "summary": "Accept (the item becomes promised) or decline a response; the "
+                               "poster or a coordinator",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": False, "required": ["state"],
+                        "properties": {"state": {"enum": list(resp.DECISIONS)}}}}}},
+                    "responses": {
+                        "200": {"description": "The response", "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Response"}}}},
+                        "400": _error("Not JSON"), "401": _error("No valid API token"),
+                        "404": _error("No such response to an item you may decide on"),
+                        "409": _error("Decided otherwise already, or the item can no longer be promised"),
+                        "415": _error("Not sent as application/json"),
+                        "422": _error("A field breaks a rule; `field` names it"),
+                    },
+                },
+            },
             "/api/v1/peers": {
                 "get": {"summary": "Other nodes this node knows (admins only)",
                         "responses": {"200": peers_response,
@@ -180,6 +246,20 @@ def openapi_document(node) -> dict:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "A token from `aidnode token`."}},
             "schemas": {
+                "Response": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "item": {"type": "string", "format": "uri"},
+                    "from": {"type": "object", "properties": {
+                        "node": {"type": "string", "format": "uri"}, "name": {"type": "string"}}},
+                    "message": {"type": "string"}, "contact": {"type": "string"},
+                    "received": {"type": "string", "format": "date-time"},
+                    "state": {"enum": ["pending", *resp.DECISIONS]}}},
+                "SentResponse": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "item": {"type": "string", "format": "uri"},
+                    "item_title": {"type": "string"}, "origin": {"type": "string", "format": "uri"},
+                    "message": {"type": "string"},
+                    "created": {"type": "string", "format": "date-time"},
+                    "updated": {"type": "string", "format": "date-time"},
+                    "state": {"enum": ["pending", *resp.DECISIONS]}}},
                 "Peer": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "url": {"type": "string"},
                     "name": {"type": "string"}, "fingerprint": {"type": ["string", "null"]},

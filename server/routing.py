@@ -13,11 +13,23 @@ Every route of the app is an `AccessRoute` with a `surface` and an `access` leve
 `access` is `anyone`, `member`, `coordinator`, `admin`, `loopback_or_admin`, or
 `visitor_if_public` (anyone while the admin has `public_offers` on, members otherwise), and for
 federation routes `trusted_node` (a signed request from a node this one trusts),
-`feed_reader` (a trusted node, or anyone while `feed_public` is on) or `any_node` (a signed
+`feed_reader` (a trusted node, or anyone while `feed_public` is on), `any_node` (a signed
 request from any node: one not met before has its node document fetched, through the address
-guard, to learn its key; the handler decides what a blocked or unknown node may do). The wrapper checks
-it before the handler runs, and the route × role test matrix is generated from these
-declarations, so a route cannot be added without saying who may use it.
+guard, to learn its key; the handler decides what a blocked or unknown node may do) or
+`inbox_sender` (for `/federation/inbox`, whose messages come from different senders: the
+body's `type` is read first, strictly, and chooses how the signer is identified, so the
+signature still decides who it is and the type only which keys may sign it:
+
+    type              keys the signature is checked against           node not pinned
+    response          any known node's (blocked ones too, for a 403)  document fetched, as any_node
+    response-status   any known node's (its origin learned its key)   401, nothing fetched
+    anything else     trusted nodes' only (pushes, subscription news) 401, nothing fetched
+
+so a push from a node that is not pinned and trusted is refused before any fetch (DESIGN
+§4.4), while anyone who is not blocked may respond (§7); the handler checks the signer again
+against the message). The wrapper checks it before the handler runs, and the route × role
+test matrix is generated from these declarations, so a route cannot be added without saying
+who may use it.
 """
 
 from collections.abc import Awaitable, Callable
@@ -28,10 +40,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from federation.errors import ProtocolError
+from federation.errors import MalformedError, ProtocolError
 from federation.httpsig import NONCE_MEMORY_SECONDS, SignatureError, verify_request
 from federation.items import N_
 from federation.keys import parse_public_key
+from federation.strictjson import loads_strict
 
 from .accounts import new_secret, same_secret
 from .errors import ClientError, Forbidden, PayloadTooLarge, Unauthorized
@@ -39,8 +52,11 @@ from .node import ROLES, has_role
 
 ACCESS_LEVELS = (
     "anyone", "visitor_if_public", "member", "coordinator", "admin", "loopback_or_admin",
-    "trusted_node", "feed_reader", "any_node",
+    "trusted_node", "feed_reader", "any_node", "inbox_sender",
 )  # fmt: skip
+# `inbox_sender`: which keys may sign an inbox message, by its type (see the docstring).
+INBOX_SIGNERS = {"response": "any", "response-status": "pinned"}
+INBOX_MAX_BYTES = 512 * 1024
 SURFACES = ("page", "api", "public", "federation")
 FORM_MAX_FIELDS = 100
 FORM_MAX_PART = 64 * 1024
@@ -60,14 +76,15 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def identify_node(request: Request, *, any_node: bool = False) -> "SignedBy":
+async def identify_node(request: Request, *, any_node: bool = False,
+                        pinned: bool = False) -> "SignedBy":  # fmt: skip
     """Verify a request from another node (DESIGN §4.4); raise Unauthorized on any failure.
 
     `@target-uri` is rebuilt from this node's own base_url and the raw path and query, never
-    from Host or X-Forwarded-*. Keys come only from pinned peers: trusted ones, or with
-    `any_node` any known node, and then a node not met before has its document fetched to
-    learn its key. The nonce is remembered in the database so a replay is refused even after
-    a restart.
+    from Host or X-Forwarded-*. Keys come only from pinned peers: trusted ones; with `pinned`
+    any known node (nothing is fetched); with `any_node` any known node, and then a node not
+    met before has its document fetched to learn its key. The nonce is remembered in the
+    database so a replay is refused even after a restart.
     """
     node = request.app.state.node
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
@@ -81,7 +98,7 @@ async def identify_node(request: Request, *, any_node: bool = False) -> "SignedB
 
     async def attempt(learned: dict | None = None) -> tuple[dict, object]:
         keys = await node.store.request_keys()
-        if not any_node:
+        if not (any_node or pinned):
             keys = {k: v for k, v in keys.items() if v[2] == "trusted"}
         keys.update(learned or {})
 
@@ -121,6 +138,23 @@ async def identify_node(request: Request, *, any_node: bool = False) -> "SignedB
                     key_id=verified.key_id, trust=trust)  # fmt: skip
 
 
+async def inbox_message_type(request: Request) -> str | None:
+    """The `type` of an inbox message, read strictly before its signature is checked (it only
+    chooses which keys may sign it). The parsed body is kept for the handler
+    (`request.state.inbox_message`), so a large push is parsed once."""
+    request.state.inbox_message = None
+    body = await request.body()
+    if len(body) > INBOX_MAX_BYTES:
+        return None
+    try:
+        message = loads_strict(body)
+    except MalformedError:
+        return None
+    request.state.inbox_message = message
+    kind = message.get("type") if isinstance(message, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 @dataclass(frozen=True)
 class SignedBy:
     """The node that signed a federation request."""
@@ -143,7 +177,11 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
         signed = "signature" in request.headers or "signature-input" in request.headers
         if access == "feed_reader" and node.config.feed_public and not signed:
             return
-        request.state.peer = await identify_node(request, any_node=access == "any_node")
+        signers = "any" if access == "any_node" else "trusted"
+        if access == "inbox_sender":
+            signers = INBOX_SIGNERS.get(await inbox_message_type(request), "trusted")
+        request.state.peer = await identify_node(request, any_node=signers == "any",
+                                                 pinned=signers == "pinned")  # fmt: skip
         return
     if surface == "api" or (surface == "public" and "authorization" in request.headers):
         header = request.headers.get("authorization", "")
@@ -178,7 +216,7 @@ def allowed(request: Request, access: str) -> bool:
         return True
     if access == "visitor_if_public":
         return request.app.state.node.config.public_offers or has_role(user, "member")
-    if access in ("trusted_node", "any_node"):
+    if access in ("trusted_node", "any_node", "inbox_sender"):
         return request.state.peer is not None
     if access == "feed_reader":
         return request.state.peer is not None or request.app.state.node.config.feed_public

@@ -894,6 +894,69 @@ class Store:
         )
         return {row[0]: row[1] for row in rows}
 
+    # ------------------------------------------------------------------------ matching, queue
+
+    async def match_candidates(
+        self, *, kind: str, exclude_id: str, category: str, text_query: str, geohash: str,
+        now: str, weights: tuple[float, float, float], bm25_weights: tuple[float, float, float],
+        limit: int,
+    ) -> list[tuple[ItemRow, bool, float, int]]:
+        """Open, live items of `kind` (never `exclude_id`) that share `category` or match
+        `text_query` (FTS5 syntax the caller built from quoted terms; "" for none), best first
+        by weights[0] × same category + weights[1] × bm25 relative to the best text match
+        among them (0–1) + weights[2] × leading geohash characters shared (server/matching.py).
+        Each with: same category, its relative text score, geohash characters shared."""
+        if text_query:
+            text = "SELECT rowid, bm25(items_fts, ?, ?, ?) FROM items_fts WHERE items_fts MATCH ?"
+            text_params: tuple = (*bm25_weights, text_query)
+        else:
+            text, text_params = "SELECT NULL, NULL WHERE 0", ()
+        # substr(geohash, 1, k) = its first k characters, for each k the given geohash has:
+        # their sum is the length of the shared prefix (a NULL or shorter geohash adds 0).
+        prefixes = [geohash[:k] if len(geohash) >= k else None for k in range(1, 6)]
+        columns = ", ".join("i." + c for c in ITEM_COLUMNS.split(", "))
+        rows = await self.fetch_all(
+            f"WITH text(row, score) AS MATERIALIZED ({text})"
+            f" SELECT {ITEM_COLUMNS}, same_category, text_score, shared FROM ("
+            f"  SELECT {columns}, i.created, (i.category = ?) AS same_category,"
+            "   coalesce(substr(i.geohash, 1, 1) = ?, 0) + coalesce(substr(i.geohash, 1, 2) = ?, 0)"
+            "   + coalesce(substr(i.geohash, 1, 3) = ?, 0) + coalesce(substr(i.geohash, 1, 4) = ?, 0)"
+            "   + coalesce(substr(i.geohash, 1, 5) = ?, 0) AS shared,"
+            "   coalesce(t.score / nullif(min(t.score) OVER (), 0), 0) AS text_score"
+            "  FROM items i LEFT JOIN text t ON t.row = i.row"
+            "  WHERE i.kind = ? AND i.status = 'open' AND i.expires > ? AND i.id != ?"
+            "   AND (i.category = ? OR t.row IS NOT NULL)"
+            " ) ORDER BY ? * same_category + ? * text_score + ? * shared DESC, created DESC, row DESC"
+            " LIMIT ?",
+            (*text_params, category, *prefixes, kind, now, exclude_id, category, *weights, limit),
+        )
+        return [(_item(row), bool(row["same_category"]), row["text_score"], row["shared"])
+                for row in rows]  # fmt: skip
+
+    async def unmet_local_needs(self, now: str, limit: int) -> list[ItemRow]:
+        """This node's open, live needs: urgent first, then normal, then low; oldest first."""
+        rows = await self.fetch_all(
+            f"SELECT {ITEM_COLUMNS} FROM items"
+            " WHERE is_local AND kind = 'need' AND status = 'open' AND expires > ?"
+            " ORDER BY CASE urgency WHEN 'urgent' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END,"
+            " created, row LIMIT ?",
+            (now, limit),
+        )
+        return [_item(row) for row in rows]
+
+    async def latest_feed_seqs(self, item_ids: list[str]) -> dict[str, int]:
+        """The seq of the latest feed entry of each of these items that has one."""
+        found: dict[str, int] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = item_ids[start : start + 500]
+            rows = await self.fetch_all(
+                f"SELECT item_id, max(seq) FROM feed WHERE item_id IN ({', '.join('?' * len(chunk))})"
+                " GROUP BY item_id",
+                tuple(chunk),
+            )
+            found.update((row[0], row[1]) for row in rows)
+        return found
+
 
 @dataclass
 class ItemQuery:

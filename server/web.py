@@ -18,6 +18,7 @@ from federation.timefmt import format_time, parse_time
 
 from .allies import peer_id_of
 from .api import item_query, page_of_items
+from .coordinate import unmet_needs
 from .errors import (
     BadGateway,
     ClientError,
@@ -27,7 +28,9 @@ from .errors import (
     TooManyRequests,
     Unauthorized,
 )
+from .matching import matches_for
 from .node import ROLES, has_role
+from .responses import item_responses
 from .routing import client_address, page, session_cookie_name
 from .store import ItemQuery, Peer
 
@@ -270,7 +273,9 @@ async def show_item(request: Request) -> Response:
     view = await node.item_for(_uuid(request), request.state.user)
     if "application/json" in request.headers.get("accept", "") and "text/html" not in request.headers.get("accept", ""):
         return JSONResponse(view.to_json(), headers={"Vary": "Accept"})
-    response = render(request, "items/show.html", {"view": view})
+    matches = await matches_for(node, view, request.state.user)
+    response = render(request, "items/show.html", {"view": view, "matches": matches,
+                      **await item_responses(node, view, request.state.user)})  # fmt: skip
     response.headers["Vary"] = "Accept"
     return response
 
@@ -315,6 +320,14 @@ async def my_items(request: Request) -> Response:
     live = [v for v in mine if v.state["status"] in item_rules.LIVE_STATUSES and v.state["expires"] > now]
     ended = [v for v in mine if v not in live]
     return render(request, "items/mine.html", {"live": live, "ended": ended})
+
+
+# ---------------------------------------------------------------------------- coordinators
+
+
+async def coordinate_queue(request: Request) -> Response:
+    entries = await unmet_needs(request.app.state.node, request.state.user)
+    return render(request, "coordinate/queue.html", {"entries": entries})
 
 
 # ---------------------------------------------------------------------------- account
@@ -467,6 +480,7 @@ routes = [
     page("/items/{uuid}/status", change_status, "member", methods=("POST",)),
     page("/my/items", my_items, "member"),
     page("/account", account, "member", methods=("GET", "POST")),
+    page("/coordinate", coordinate_queue, "coordinator"),
     page("/admin/members", members, "admin"),
     page("/admin/members/{user_id}", change_member, "admin", methods=("POST",)),
     page("/admin/invites", invites, "admin", methods=("GET", "POST")),

@@ -27,8 +27,12 @@ EXPECTED = {
     ("POST", "/items/{uuid}/edit"): "member",
     ("POST", "/items/{uuid}/status"): "member",
     ("GET", "/my/items"): "member",
+    ("POST", "/items/{uuid}/respond"): "member",
+    ("POST", "/responses/{id}"): "member",
+    ("GET", "/my/responses"): "member",
     ("GET", "/account"): "member",
     ("POST", "/account"): "member",
+    ("GET", "/coordinate"): "coordinator",
     ("GET", "/admin/members"): "admin",
     ("POST", "/admin/members/{user_id}"): "admin",
     ("GET", "/admin/invites"): "admin",
@@ -45,12 +49,16 @@ EXPECTED = {
     ("GET", "/api/v1/peers"): "admin",
     ("POST", "/api/v1/peers"): "admin",
     ("PATCH", "/api/v1/peers/{id}"): "admin",
+    ("GET", "/api/v1/responses"): "member",
+    ("POST", "/api/v1/responses"): "member",
+    ("GET", "/api/v1/responses/sent"): "member",
+    ("PATCH", "/api/v1/responses/{id}"): "member",
     ("GET", "/api/v1/openapi.json"): "anyone",
     ("GET", "/.well-known/aidnode"): "anyone",
     ("GET", "/healthz"): "anyone",
     ("GET", "/federation/feed"): "feed_reader",
     ("GET", "/federation/cursor"): "trusted_node",
-    ("POST", "/federation/inbox"): "trusted_node",
+    ("POST", "/federation/inbox"): "inbox_sender",
     ("POST", "/federation/subscriptions"): "any_node",
     ("DELETE", "/federation/subscriptions"): "any_node",
 }
@@ -76,7 +84,7 @@ def may(access: str, role: str | None, public_offers: bool) -> bool:
         return True
     if access == "visitor_if_public":
         return public_offers or role is not None
-    if access in ("feed_reader", "trusted_node", "any_node"):
+    if access in ("feed_reader", "trusted_node", "any_node", "inbox_sender"):
         return False  # only other nodes, by signature (tests/test_feed.py); people never
     return RANK[role] >= RANK[access]
 

@@ -317,3 +317,17 @@ async def test_a_blocked_origins_needs_are_refused_through_relays(world):
     assert await harness.node.allies.ingest(west_id, west.entries) == (1, None)
     assert await harness.node.store.item(need(1)["id"]) is None
     assert any("blocked" in r for r in await refusals(harness, west_id))
+
+
+async def test_pages_show_the_origin_and_the_relaying_groups(world):
+    """ "From Northside, via Westside" on browse and the item page, escaped."""
+    harness, west, north, west_id, _ = world
+    harness.node.peer_names[WEST] = "West <b>side</b>"
+    west.relay(north.append("item", need(1)))
+    assert await harness.node.allies.ingest(west_id, west.entries) == (1, None)
+    browser = await harness.browser("ana")
+    listing = await browser.get("/items")
+    assert "From Northside, via West &lt;b&gt;side&lt;/b&gt;" in listing.text
+    page = await browser.get(f"/items/{need(1)['id'].rsplit('/', 1)[1]}")
+    assert page.status_code == 200
+    assert "from Northside, via West &lt;b&gt;side&lt;/b&gt;" in page.text
