@@ -47,6 +47,7 @@ class QueueEntry:
     reached: list[Peer] = field(default_factory=list)  # followers holding its latest state
     not_reached: list[Peer] = field(default_factory=list)  # followers it has yet to reach
     relayed_by: list[str] = field(default_factory=list)  # groups seen relaying it further
+    responses_waiting: int = 0  # responses no one has accepted or declined yet
 
 
 def escalation_of(node: Node, view: ItemView) -> Escalation:
@@ -69,6 +70,7 @@ async def unmet_needs(node: Node, viewer: User, *, limit: int = QUEUE_MAX) -> li
                  if peer.trust == "trusted" and peer.they_follow == "accepted"]  # fmt: skip
     latest = await node.store.latest_feed_seqs([view.state["id"] for view in views])
     sightings = await node.store.sightings([view.state["id"] for view in views])
+    waiting = await node.store.pending_responses([view.state["id"] for view in views])
     entries = []
     for view in views:
         seq = latest.get(view.state["id"])  # None: never published (reach local)
@@ -80,5 +82,6 @@ async def unmet_needs(node: Node, viewer: User, *, limit: int = QUEUE_MAX) -> li
             reached=[p for p in followers if seq is not None and p.delivered_seq >= seq],
             not_reached=[p for p in followers if seq is not None and p.delivered_seq < seq],
             relayed_by=[node.peer_names.get(url, url) for url in sightings[view.state["id"]]],
+            responses_waiting=waiting[view.state["id"]],
         ))  # fmt: skip
     return entries

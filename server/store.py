@@ -715,6 +715,20 @@ class Store:
             [(item_id, relayer, at) for item_id, relayer in seen],
         )
 
+    async def pending_responses(self, item_ids: list[str]) -> dict[str, int]:
+        """How many responses to each of our own items wait for a decision, by item id."""
+        found: dict[str, int] = {item_id: 0 for item_id in item_ids}
+        unique = sorted(set(item_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = await self.fetch_all(
+                f"SELECT item_id, count(*) FROM responses WHERE state = 'pending'"
+                f" AND item_id IN ({', '.join('?' * len(chunk))}) GROUP BY item_id",
+                tuple(chunk),
+            )  # fmt: skip
+            found.update((row[0], row[1]) for row in rows)
+        return found
+
     async def sightings(self, item_ids: list[str]) -> dict[str, list[str]]:
         """The nodes seen relaying each of our own items, by item id."""
         found: dict[str, list[str]] = {item_id: [] for item_id in item_ids}

@@ -190,3 +190,23 @@ async def test_the_queue_shows_which_groups_relayed_a_need(harness):
     page = await coordinator.get("/coordinate")
     assert page.status_code == 200
     assert "Passed on by Westside &lt;i&gt;Aid&lt;/i&gt;" in page.text
+
+
+async def test_the_queue_counts_responses_waiting_for_a_decision(harness):
+    """A need with an undecided response says so, and links to the need's page."""
+    coordinator = await harness.browser("cora", role="coordinator")
+    member = await harness.api_client("ana")
+    posted = (await member.post("/api/v1/items", json={
+        "kind": "need", "title": "Ramp", "body": "For the steps", "category": "household",
+    })).json()  # fmt: skip
+    async with harness.node.store.write() as db:
+        for n, state in enumerate(("pending", "pending", "declined")):
+            await db.execute(
+                "INSERT INTO responses (id, from_node, from_name, item_id, message, contact,"
+                " created, received, state) VALUES (?, 'https://westside.example', 'Jo', ?,"
+                " 'I can', 'jo@example.org', '2026-11-24T18:00:00Z', '2026-11-24T18:00:00Z', ?)",
+                (f"00000000-0000-4000-8000-00000000000{n}", posted["id"], state),
+            )
+    page = await coordinator.get("/coordinate")
+    assert page.status_code == 200
+    assert "2 responses to decide on" in page.text
