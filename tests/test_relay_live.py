@@ -45,6 +45,7 @@ def stop_all():
 
 
 def test_a_need_with_hop_limit_2_reaches_b_and_c_but_never_d_and_closes_everywhere(tmp_path, stop_all):
+    """Reach, a response from two hops away, and closure, along a chain of four real nodes."""
     nodes, admins = start(tmp_path, ["Eastside", "Bridge", "Central", "Downtown"])
     stop_all.extend(nodes)
     a, b, c, d = admins
@@ -64,6 +65,20 @@ def test_a_need_with_hop_limit_2_reaches_b_and_c_but_never_d_and_closes_everywhe
     assert relay_entries(nodes[1], item_id) == 1 and relay_entries(nodes[2], item_id) == 0
     time.sleep(2)
     assert holds(d, item_id) is None
+    # Someone at C, two hops away, can help: the response goes straight to A, signed by C.
+    contact = "call Jo on 555-0199"
+    sent = c.post("/api/v1/responses", {"item": item_id, "message": "I drive a van",
+                                         "contact": contact})  # fmt: skip
+    assert sent.status_code == 202, sent.text
+    received = a.get("/api/v1/responses").json()["responses"]
+    assert [(r["item"], r["from"]["node"], r["contact"]) for r in received] == [
+        (item_id, c.node.url, contact)]
+    # The contact is kept at A only: in no other node's database, in no feed.
+    for node in nodes[1:]:
+        for path in node.data.glob("aidnode.db*"):
+            assert contact.encode() not in path.read_bytes(), path
+    with sqlite3.connect(f"file:{nodes[0].data / 'aidnode.db'}?mode=ro", uri=True) as db:
+        assert not [1 for (text,) in db.execute("SELECT entry FROM feed") if contact in text]
     # Met at A: promised, then fulfilled. It closes at B and at C.
     for status in ("promised", "fulfilled"):
         changed = a.patch(f"/api/v1/items/{item_id.rsplit('/', 1)[1]}", {"status": status})
