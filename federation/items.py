@@ -386,6 +386,31 @@ def expire_state(current: dict, now: datetime) -> dict:
     return state
 
 
+# ---------------------------------------------------------------------------- contact details
+
+# What looks like an email address or a phone number (seven or more digits, however spaced
+# or punctuated). A hint for a warning, not a rule: it errs towards warning.
+_EMAIL_LIKE = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+_PHONE_LIKE = re.compile(r"(?:\+\s?)?\d(?:[\s().-]{0,3}\d){6,}")
+_DATE_LIKE = re.compile(r"\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}[/.]\d{1,2}[/.]\d{2,4}\b")  # not phones
+
+
+def looks_like_contact(state: dict) -> bool:
+    """Whether an item's text looks like it holds an email address or a phone number, which
+    DESIGN §3 keeps out of items: the poster is warned before such an item leaves the group."""
+    texts = [state.get("title", ""), state.get("body", ""), state.get("quantity", ""),
+             *state.get("tags", []), state.get("location", {}).get("label", "")]  # fmt: skip
+    return any(_EMAIL_LIKE.search(text) or _PHONE_LIKE.search(_DATE_LIKE.sub(" ", text))
+               for text in texts)  # fmt: skip
+
+
+def may_leave_the_group(state: dict, escalation: str | None) -> bool:
+    """Whether an item is, or will by itself become, visible to other groups."""
+    if state["reach"] != "local":
+        return True
+    return state["kind"] == "need" and state["status"] == "open" and (escalation or "after_delay") == "after_delay"
+
+
 # ---------------------------------------------------------------------------- whole states
 
 

@@ -395,7 +395,19 @@ class Node:
     def local_id(self, item_uuid: str) -> str:
         return f"{self.config.base_url}/items/{item_uuid}"
 
-    async def post_item(self, user: User, data: object) -> ItemView:
+    def _warn_of_contact(self, state: dict, escalation: str | None, contact_ok: bool) -> None:
+        """Invalid (field `contact_ok`) if an item about to be seen by other groups looks like
+        it holds contact details and the poster has not said that is meant (DESIGN §3)."""
+        if (not contact_ok and item_rules.may_leave_the_group(state, escalation)
+                and item_rules.looks_like_contact(state)):  # fmt: skip
+            raise Invalid(N_("This looks like it holds a phone number or an email address, and "
+                             "other groups will see it. Contact details are safer in a response, "
+                             "which goes to one group only. Remove them, or confirm to post it "
+                             "as it is."), field="contact_ok")  # fmt: skip
+
+    async def post_item(self, user: User, data: object, *, contact_ok: bool = True) -> ItemView:
+        """Post a member's new item. `contact_ok` False: refuse (Invalid, field `contact_ok`)
+        one that looks like it holds contact details and may leave the group."""
         try:
             inp = item_rules.parse_item_input(data, partial=False)
             share_author = bool(inp.share_author)
@@ -406,6 +418,7 @@ class Node:
         except ValidationError as error:
             raise Invalid(str(error), field=error.field) from None
         escalation = (inp.escalation or "after_delay") if state["kind"] == "need" else None
+        self._warn_of_contact(state, escalation, contact_ok)
         async with self.store.write() as db:
             row_number = await self.store.write_item(
                 db, state, origin=self.config.base_url, is_local=True, owner_id=user.id,
@@ -417,8 +430,10 @@ class Node:
         self.allies.wake_delivery()
         return self.view(row, user)
 
-    async def change_item(self, user: User, item_uuid: str, data: object) -> ItemView:
-        """Apply a member's change to a local item, reading and writing in one transaction.
+    async def change_item(self, user: User, item_uuid: str, data: object, *,
+                          contact_ok: bool = True) -> ItemView:  # fmt: skip
+        """Apply a member's change to a local item, reading and writing in one transaction
+        (`contact_ok` as for `post_item`).
 
         Who may change it is checked before what they sent, so a refusal reveals nothing.
         """
@@ -450,6 +465,7 @@ class Node:
                 escalation = inp.escalation
             if state is None and escalation == row.escalation and share_author == row.share_author:
                 return self.view(row, user)
+            self._warn_of_contact(state or row.state, escalation, contact_ok)
             await self.store.write_item(
                 db, state or row.state, origin=self.config.base_url, is_local=True,
                 owner_id=row.owner_id, escalation=escalation, share_author=share_author,

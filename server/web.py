@@ -252,7 +252,8 @@ async def new_item(request: Request) -> Response:
     form = await request.form()
     try:
         data = form_to_item(form, creating=True, current=None, now=node.now())
-        view = await node.post_item(request.state.user, data)
+        view = await node.post_item(request.state.user, data,
+                                    contact_ok=form.get("contact_ok") == "on")  # fmt: skip
     except Invalid as error:
         return render(request, "items/form.html", {
             "values": _form_values(form, None), "view": None,
@@ -292,7 +293,8 @@ async def edit_item(request: Request) -> Response:
     form = await request.form()
     try:
         data = form_to_item(form, creating=False, current=view.state, now=node.now())
-        view = await node.change_item(user, view.uuid, data)
+        view = await node.change_item(user, view.uuid, data,
+                                      contact_ok=form.get("contact_ok") == "on")  # fmt: skip
     except Invalid as error:
         return render(request, "items/form.html", {
             "values": _form_values(form, view.state, view), "view": view,
