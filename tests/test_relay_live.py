@@ -1,12 +1,16 @@
 """Escalation and relay for real: nodes as `aidnode serve` processes on 127.0.0.1 ports, each
 with its own data directory, passing a need on hop by hop over real HTTP."""
 
+import json
 import sqlite3
 import time
 
 import pytest
 
+from federation.entries import sign_entry
+from federation.keys import generate_key
 from tests.live import LiveNode
+from tests.scripted_peer import ScriptedPeer
 from tests.test_allies_live import FAST, Admin, ally, eventually
 
 pytestmark = pytest.mark.live
@@ -137,3 +141,41 @@ def test_an_unmet_need_asks_allies_after_the_delay_and_a_kept_one_stays_home(tmp
     time.sleep(4)
     assert holds(b, kept.json()["id"]) is None
     assert a.get(f"/api/v1/items/{kept.json()['id'].rsplit('/', 1)[1]}").json()["reach"] == "local"
+
+
+def test_a_relayer_that_alters_or_forges_a_need_gets_nothing_shown(tmp_path, stop_all):
+    """A trusted relayer passes on a need altered in transit and one signed in the origin's
+    name with its own key: a real reader checks both with the origin's own key, learned
+    from the origin's document, and shows only the genuine one."""
+    nodes, admins = start(tmp_path, ["Eastside", "Westside"])
+    stop_all.extend(nodes)
+    origin, reader = admins  # not allies: the reader trusts the relayer only
+    posted = origin.post("/api/v1/items", {**NEED, "reach": "network", "hop_limit": 3})
+    assert posted.status_code == 201, posted.text
+    item_id = posted.json()["id"]
+    with sqlite3.connect(f"file:{nodes[0].data / 'aidnode.db'}?mode=ro", uri=True) as db:
+        (text,) = db.execute("SELECT entry FROM feed WHERE item_id = ?", (item_id,)).fetchone()
+    genuine = json.loads(text)
+    relayer = ScriptedPeer("Relayer")
+    # Its key has the origin's key name, so only the signature can tell them apart.
+    relayer.key = generate_key(genuine["key"].rsplit("#", 1)[1])
+    relayer.start()
+    try:
+        relayer.relay({**genuine, "body": {**genuine["body"], "title": "Send money to this account"}})
+        forged_state = {**genuine["body"], "id": item_id[:-12] + "0" * 12, "title": "Forged"}
+        relayer.relay(sign_entry(origin=origin.node.url, seq=1, prev=None, type="item",
+                                 at=genuine["at"], body=forged_state, key=relayer.key))  # fmt: skip
+        relayer.relay(genuine)
+        added = reader.post("/api/v1/peers", {"url": relayer.url})
+        assert added.status_code == 201, added.text
+        shown = eventually(lambda: holds(reader, item_id), "the genuine need at the reader",
+                           nodes=tuple(nodes))  # fmt: skip
+        assert shown["title"] == NEED["title"] and shown["via"] == [relayer.url]
+        assert eventually(lambda: reader.peer(relayer.url)["received_seq"] == 3, "all 3 read")
+        titles = {i["title"] for i in reader.get("/api/v1/items", origin="remote").json()["items"]}
+        assert titles == {NEED["title"]}
+        with sqlite3.connect(f"file:{nodes[1].data / 'aidnode.db'}?mode=ro", uri=True) as db:
+            reasons = [row[0] for row in db.execute("SELECT reason FROM ingest_refusals ORDER BY seq")]
+        assert len(reasons) == 2 and all("signature does not verify" in r for r in reasons), reasons
+    finally:
+        relayer.stop()

@@ -1,0 +1,97 @@
+"""A scripted peer for live tests: a minimal node that says what the test makes it say.
+
+It serves a node document, accepts subscriptions, and serves a feed of whatever entries the
+test appends (signed with its own key, chained properly, so a real node accepts its chain and
+judges only what the entries carry). It checks nothing that real nodes send it: it plays a
+node that is trusted but misbehaves. Served by uvicorn on a free 127.0.0.1 port, in a thread
+of the test process, stopped when the test ends.
+"""
+
+import asyncio
+import threading
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from federation.entries import entry_hash, sign_entry
+from federation.identity import node_document
+from federation.keys import generate_key
+from tests.live import free_port
+
+AT = "2026-11-24T17:00:00Z"
+
+
+class ScriptedPeer:
+    def __init__(self, name: str = "Scripted") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name = name
+        self.key = generate_key("main")
+        self.entries: list[dict] = []
+        self.subscribers: list[str] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def append(self, type: str, body: dict) -> dict:
+        """Sign and append an entry to this peer's own feed."""
+        prev = entry_hash(self.entries[-1]) if self.entries else None
+        entry = sign_entry(origin=self.url, seq=len(self.entries) + 1, prev=prev, type=type, at=AT,
+                           body=body, key=self.key)  # fmt: skip
+        self.entries.append(entry)
+        return entry
+
+    def relay(self, inner: dict) -> dict:
+        """A relay entry passing `inner` on, this peer as the only relayer."""
+        return self.append("relay", {"entry": inner, "path": [self.url]})
+
+    def app(self) -> Starlette:
+        document = node_document(base_url=self.url, name=self.name, description="",
+                                 keys=[(self.key.name, self.key.public, None)], version="test")  # fmt: skip
+
+        async def well_known(request: Request) -> Response:
+            return JSONResponse(document)
+
+        async def subscribe(request: Request) -> Response:
+            if request.method == "POST":
+                self.subscribers.append(request.headers.get("signature-input", ""))
+                return JSONResponse({"state": "accepted"}, status_code=202)
+            return JSONResponse({"state": "none"})
+
+        async def feed(request: Request) -> Response:
+            after = int(request.query_params.get("after", "0"))
+            limit = int(request.query_params.get("limit", "100"))
+            head = ({"seq": len(self.entries), "hash": entry_hash(self.entries[-1])}
+                    if self.entries else {"seq": 0, "hash": None})  # fmt: skip
+            return JSONResponse({"origin": self.url, "head": head,
+                                 "entries": self.entries[after : after + limit]})  # fmt: skip
+
+        async def inbox(request: Request) -> Response:
+            return JSONResponse({"received": {"seq": 0, "hash": None}})
+
+        return Starlette(routes=[
+            Route("/.well-known/aidnode", well_known),
+            Route("/federation/subscriptions", subscribe, methods=["POST", "DELETE"]),
+            Route("/federation/feed", feed),
+            Route("/federation/inbox", inbox, methods=["POST"]),
+        ])  # fmt: skip
+
+    def start(self) -> "ScriptedPeer":
+        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="warning",
+                                access_log=False, lifespan="off")  # fmt: skip
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)
+        self._thread.start()
+        for _ in range(500):  # bounded: 10 s
+            if self._server.started:
+                return self
+            threading.Event().wait(0.02)
+        raise AssertionError(f"the scripted peer did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
