@@ -687,44 +687,53 @@ class Allies:
             await self.pin_node(doc)
 
     async def relay(self, db: aiosqlite.Connection, inner: dict, path: list[str], *, now: str,
-                    new: bool, known: dict | None) -> int:  # fmt: skip
+                    known: dict | None) -> int:  # fmt: skip
         """Pass an origin's need on: append a relay entry carrying `inner` verbatim along
         `path` (this node last) to our feed, inside the caller's transaction; 1 if appended.
+        `known` is what `relays` holds of the item (None: never relayed nor waiting).
 
-        A need not relayed before counts against its origin's quota (RELAYS_PER_ORIGIN_PER_DAY
-        new needs a day): beyond it, the newest version waits (`relay_waiting` sends it once
-        the quota frees up), and one that ends while waiting is dropped, since no one got it.
-        Later versions of a need already relayed always go out."""
+        Two limits bound what one origin can make us send (DESIGN §6). A need not relayed
+        before counts against its origin's quota (RELAYS_PER_ORIGIN_PER_DAY a day): beyond
+        it, the newest version waits, and one that ends while waiting is dropped, since no
+        one got it. Edits to a need already relayed are coalesced: while its status is the
+        one last relayed, a version goes out at most once every RELAY_EDIT_INTERVAL, the
+        newest waiting meanwhile; a change of status always goes out at once. Waiting
+        versions are sent by `relay_waiting`."""
         state = inner["body"]
         item_id, origin = state["id"], inner["origin"]
-        if new or (known is not None and known["state"] == "waiting"):
+        wait = False
+        if known is None or known["first_relayed"] is None:
             since = format_time(self.node.now() - timedelta(days=1))
             if await self.store.relays_since(db, origin, since) >= RELAYS_PER_ORIGIN_PER_DAY:
-                if state["status"] in item_rules.LIVE_STATUSES:
-                    await self.store.save_relay(db, item_id, origin=origin, path=path,
-                                                version=state["version"], state="waiting",
-                                                entry=canonical(inner).decode(), now=now)  # fmt: skip
-                else:
+                if state["status"] not in item_rules.LIVE_STATUSES:
                     await self.store.forget_relay(db, item_id)
-                return 0
+                    return 0
+                wait = True
+        elif known["status"] == state["status"]:
+            wait = parse_time(known["relayed_at"]) + RELAY_EDIT_INTERVAL > self.node.now()
+        if wait:
+            await self.store.save_relay(db, item_id, origin=origin, path=path, version=state["version"],
+                                        state="waiting", entry=canonical(inner).decode(),
+                                        status=state["status"], now=now)  # fmt: skip
+            return 0
         await self.store.feed.append(db, "relay", relay_rules.relay_body(inner, path), at=now,
                                      generation=self.store.write_generation)  # fmt: skip
         await self.store.save_relay(db, item_id, origin=origin, path=path, version=state["version"],
-                                    state="relayed", entry=None, now=now)  # fmt: skip
+                                    state="relayed", entry=None, status=state["status"], now=now)  # fmt: skip
         return 1
 
     async def relay_waiting(self) -> int:
-        """Send relays that waited for their origin's quota, as far as it now allows."""
+        """Send versions that waited for their origin's quota or the edit interval, as far as
+        those now allow."""
         sent = 0
         for item_id, _origin in await self.store.waiting_relays():
             async with self.store.write() as db:
                 waiting = await self.store.waiting_relay_in(db, item_id)
                 if waiting is None:
                     continue
-                _, path, text = waiting
-                inner = loads_strict(text)
-                sent += await self.relay(db, inner, path, now=self.node.now_text(), new=False,
-                                         known={"state": "waiting"})  # fmt: skip
+                text, known = waiting
+                sent += await self.relay(db, loads_strict(text), known["path"],
+                                         now=self.node.now_text(), known=known)  # fmt: skip
         if sent:
             self.wake_delivery()
         return sent
@@ -874,6 +883,7 @@ def _batch_ids(entries: list) -> tuple[list[str], list[str]]:
 
 
 RELAYS_PER_ORIGIN_PER_DAY = 20  # new needs a node begins relaying for one origin (DESIGN §6)
+RELAY_EDIT_INTERVAL = timedelta(minutes=5)  # edits to one relayed need go out this often at most
 
 
 class _ItemChanges:
@@ -896,7 +906,7 @@ class _ItemChanges:
         self.stored: dict[str, dict | None] = {}  # item id → state to store, or None: remove
         self.via: dict[str, list[str]] = {}  # item id → relay path, for relayed copies
         self.refused: list[tuple[int, str | None, str]] = []
-        self.to_relay: dict[str, tuple[dict, list[str], bool]] = {}  # id → (entry, path, new)
+        self.to_relay: dict[str, tuple[dict, list[str]]] = {}  # item id → (entry, path)
         self.sightings: list[tuple[str, str]] = []
 
     def _refuse(self, entry: dict, item_id: str | None, reason: str) -> None:
@@ -989,16 +999,16 @@ class _ItemChanges:
         reach while our distance is below its hop limit, if we relay this peer's needs."""
         item_id = state["id"]
         if item_id in self.relays:
-            self.to_relay[item_id] = (inner, self.relays[item_id]["path"], False)
+            self.to_relay[item_id] = (inner, self.relays[item_id]["path"])
         elif item_id in self.to_relay:  # begun in this batch: send its newest version instead,
-            _, first_path, _ = self.to_relay[item_id]  # unless it ended before anyone got it
+            _, first_path = self.to_relay[item_id]  # unless it ended before anyone got it
             if state["status"] in item_rules.LIVE_STATUSES and state["expires"] > self.now:
-                self.to_relay[item_id] = (inner, first_path, True)
+                self.to_relay[item_id] = (inner, first_path)
             else:
                 del self.to_relay[item_id]
         elif (self.peer.relay and relay_rules.passes_on(state, distance)
               and state["status"] in item_rules.LIVE_STATUSES and state["expires"] > self.now):  # fmt: skip
-            self.to_relay[item_id] = (inner, [*path, self.own], True)
+            self.to_relay[item_id] = (inner, [*path, self.own])
 
     async def write(self, db: aiosqlite.Connection) -> int:
         """Write what the batch decided; the number of relay entries appended to our feed."""
@@ -1014,7 +1024,7 @@ class _ItemChanges:
         if self.sightings:
             await store.record_sightings(db, self.sightings, self.now)
         appended = 0
-        for item_id, (inner, path, new) in self.to_relay.items():
-            appended += await self.allies.relay(db, inner, path, now=self.now, new=new,
+        for item_id, (inner, path) in self.to_relay.items():
+            appended += await self.allies.relay(db, inner, path, now=self.now,
                                                 known=self.relays.get(item_id))  # fmt: skip
         return appended

@@ -653,17 +653,19 @@ class Store:
 
     async def relays_in(self, db: aiosqlite.Connection, item_ids: list[str]) -> dict[str, dict]:
         """What this node has relayed (or holds waiting to relay) of these items, by item id:
-        {"path", "version", "state"}."""
+        {"path", "version", "state", "first_relayed", "status", "relayed_at"}."""
         found: dict[str, dict] = {}
         unique = sorted(set(item_ids))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             rows = await db.execute_fetchall(
-                f"SELECT item_id, path, version, state FROM relays"
-                f" WHERE item_id IN ({', '.join('?' * len(chunk))})", chunk,
+                f"SELECT item_id, path, version, state, first_relayed, status, relayed_at"
+                f" FROM relays WHERE item_id IN ({', '.join('?' * len(chunk))})", chunk,
             )  # fmt: skip
-            for item_id, path, version, state in rows:
-                found[item_id] = {"path": json.loads(path), "version": version, "state": state}
+            for item_id, path, *rest in rows:
+                found[item_id] = {"path": json.loads(path), **dict(zip(
+                    ("version", "state", "first_relayed", "status", "relayed_at"), rest,
+                    strict=True))}  # fmt: skip
         return found
 
     async def relays_since(self, db: aiosqlite.Connection, origin: str, since: str) -> int:
@@ -675,16 +677,21 @@ class Store:
 
     async def save_relay(self, db: aiosqlite.Connection, item_id: str, *, origin: str,
                          path: list[str], version: int, state: str, entry: str | None,
-                         now: str) -> None:  # fmt: skip
-        """Record that a version of an item was relayed (`state` relayed) or waits for the
-        origin's quota (`waiting`, with the entry to relay)."""
+                         status: str, now: str) -> None:  # fmt: skip
+        """Record that a version of an item was relayed (`state` relayed, with its status) or
+        waits (`waiting`, with the entry to relay) for the origin's quota or the edit
+        interval."""
         await db.execute(
             "INSERT INTO relays (item_id, origin, path, version, state, entry, first_relayed,"
-            " updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, CASE WHEN ?5 = 'relayed' THEN ?7 END, ?7)"
+            " status, relayed_at, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
+            " CASE WHEN ?5 = 'relayed' THEN ?8 END, CASE WHEN ?5 = 'relayed' THEN ?7 END,"
+            " CASE WHEN ?5 = 'relayed' THEN ?8 END, ?8)"
             " ON CONFLICT (item_id) DO UPDATE SET version = excluded.version,"
             " state = excluded.state, entry = excluded.entry, updated = excluded.updated,"
-            " first_relayed = coalesce(relays.first_relayed, excluded.first_relayed)",
-            (item_id, origin, json.dumps(path), version, state, entry, now),
+            " first_relayed = coalesce(relays.first_relayed, excluded.first_relayed),"
+            " status = coalesce(excluded.status, relays.status),"
+            " relayed_at = coalesce(excluded.relayed_at, relays.relayed_at)",
+            (item_id, origin, json.dumps(path), version, state, entry, status, now),
         )
 
     async def forget_relay(self, db: aiosqlite.Connection, item_id: str) -> None:
@@ -699,12 +706,14 @@ class Store:
         return [(row[0], row[1]) for row in rows]
 
     async def waiting_relay_in(self, db: aiosqlite.Connection, item_id: str) -> tuple | None:
-        """(origin, path, entry text) of a relay still waiting, read in a write transaction."""
+        """(entry text, what `relays_in` gives) of a relay still waiting, read in a write
+        transaction; None if it is not waiting."""
         rows = await db.execute_fetchall(
-            "SELECT origin, path, entry FROM relays WHERE item_id = ? AND state = 'waiting'",
-            (item_id,),
+            "SELECT entry FROM relays WHERE item_id = ? AND state = 'waiting'", (item_id,)
         )
-        return (rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
+        if not rows:
+            return None
+        return rows[0][0], (await self.relays_in(db, [item_id]))[item_id]
 
     async def record_sightings(self, db: aiosqlite.Connection,
                                seen: list[tuple[str, str]], at: str) -> None:  # fmt: skip

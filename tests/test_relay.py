@@ -331,3 +331,27 @@ async def test_pages_show_the_origin_and_the_relaying_groups(world):
     page = await browser.get(f"/items/{need(1)['id'].rsplit('/', 1)[1]}")
     assert page.status_code == 200
     assert "from Northside, via West &lt;b&gt;side&lt;/b&gt;" in page.text
+
+
+async def test_edits_to_a_relayed_need_are_coalesced_and_status_changes_go_at_once(world, clock):
+    harness, west, north, west_id, _ = world
+    west.relay(north.append("item", need(1)))
+    assert await harness.node.allies.ingest(west_id, west.entries) == (1, None)
+    # Two quick edits: neither goes out at once; the newest waits for the edit interval.
+    for version in (2, 3):
+        west.relay(north.append("item", need(1, title=f"Ride, edit {version}", version=version)))
+        assert await harness.node.allies.ingest(west_id, west.entries) == (1, None)
+    assert [r["entry"]["body"]["version"] for r in await own_relays(harness)] == [1]
+    assert await harness.node.allies.relay_waiting() == 0
+    clock.advance(minutes=5)
+    assert await harness.node.allies.relay_waiting() == 1
+    assert [r["entry"]["body"]["version"] for r in await own_relays(harness)] == [1, 3]
+    # Another edit waits again; a status change does not, and carries the newest state.
+    west.relay(north.append("item", need(1, title="Ride, edit 4", version=4)))
+    west.relay(north.append("item", need(1, title="Ride, edit 4", status="promised", version=5)))
+    assert await harness.node.allies.ingest(west_id, west.entries[3:4]) == (1, None)
+    assert [r["entry"]["body"]["version"] for r in await own_relays(harness)] == [1, 3]
+    assert await harness.node.allies.ingest(west_id, west.entries[4:]) == (1, None)
+    relays = await own_relays(harness)
+    assert [(r["entry"]["body"]["version"], r["path"]) for r in relays][-1] == (5, [WEST, EAST])
+    assert await harness.node.store.waiting_relays() == []

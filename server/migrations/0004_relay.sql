@@ -7,9 +7,9 @@ ALTER TABLE items ADD COLUMN via TEXT;
 ALTER TABLE items ADD COLUMN source_peer INTEGER REFERENCES peers(id) ON DELETE SET NULL;
 CREATE INDEX items_by_source ON items(source_peer) WHERE source_peer IS NOT NULL;
 
--- Needs this node has relayed (or will relay, when its per-origin quota frees up): once an
--- item is relayed, every later version is relayed too, with the same path, so the need
--- closes everywhere it went.
+-- Needs this node has relayed (or will relay, when its per-origin quota frees up, or, for an
+-- edit, when the edit interval has passed): once an item is relayed, every later version is
+-- relayed too, with the same path, so the need closes everywhere it went.
 CREATE TABLE relays (
     item_id TEXT PRIMARY KEY,
     origin TEXT NOT NULL,
@@ -18,6 +18,8 @@ CREATE TABLE relays (
     state TEXT NOT NULL CHECK (state IN ('relayed', 'waiting')),
     entry TEXT,                  -- while waiting: the origin's entry to relay (canonical text)
     first_relayed TEXT,          -- when the first version went out (the quota counts these)
+    status TEXT,                 -- the status of the version last relayed
+    relayed_at TEXT,             -- when a version last went out (edits are coalesced)
     updated TEXT NOT NULL
 ) STRICT;
 CREATE INDEX relays_by_origin ON relays(origin, first_relayed);
