@@ -45,6 +45,7 @@ from federation.timefmt import format_time, parse_time
 from .errors import BadGateway, ClientError, Invalid, NotFound
 from .feed import read_texts
 from .store import Peer
+from .workers import run_rounds
 
 if TYPE_CHECKING:
     from .accounts import User
@@ -544,14 +545,8 @@ class Allies:
 
     async def run_delivery(self) -> None:
         """The pusher: on new entries or followers, and every `poll_interval` for retries."""
-        while True:
-            self._deliver.clear()
-            try:
-                await self.deliver_all()
-            except Exception:
-                log.exception("pushing to followers failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deliver.wait(), timeout=self.node.config.poll_interval)
+        await run_rounds(self.deliver_all, self._deliver, self.node.config.poll_interval,
+                         "pushing to followers")  # fmt: skip
 
     async def received_push(self, peer_id: int, body: dict) -> tuple[int, dict]:
         """`POST /federation/inbox` with `type: entries` from a node we follow: (status, answer)."""
@@ -808,14 +803,8 @@ class Allies:
 
     async def run(self) -> None:
         """The worker: pull on start, when woken, and every `poll_interval`."""
-        while True:
-            self._wake.clear()
-            try:
-                await self.pull_all(due_only=True)
-            except Exception:
-                log.exception("pulling allies' feeds failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.node.config.poll_interval)
+        await run_rounds(lambda: self.pull_all(due_only=True), self._wake,
+                         self.node.config.poll_interval, "pulling allies' feeds")  # fmt: skip
 
 
 def _reason(reply) -> str:

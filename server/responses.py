@@ -60,6 +60,7 @@ from .errors import (
 )
 from .node import has_role
 from .routing import SignedBy, api, page
+from .workers import run_rounds
 
 if TYPE_CHECKING:
     from .node import ItemView, Node
@@ -503,14 +504,8 @@ class Responses:
 
     async def run(self) -> None:
         """The worker: send decisions as they are made, and retry failed ones when due."""
-        while True:
-            self._wake.clear()
-            try:
-                await self.send_due_statuses()
-            except Exception:
-                log.exception("sending response-status messages failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=STATUS_POLL)
+        await run_rounds(self.send_due_statuses, self._wake, STATUS_POLL,
+                         "sending response-status messages")  # fmt: skip
 
     # ------------------------------------------------------------------------ pages
 

@@ -638,6 +638,19 @@ class Store:
                                        via.get(state["id"]), source_peer))  # fmt: skip
         await db.executemany(ITEM_UPSERT, params)
 
+    async def _fetch_for_ids(self, db: aiosqlite.Connection | None, sql: str,
+                             ids: list[str]) -> list:  # fmt: skip
+        """The rows of `sql`, whose `{ids}` stands for an IN list, over these ids, a few
+        hundred a statement; on `db` (inside a write transaction) or a reader."""
+        rows: list = []
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            query = sql.format(ids=", ".join("?" * len(chunk)))
+            rows.extend(await db.execute_fetchall(query, chunk) if db is not None
+                        else await self.fetch_all(query, tuple(chunk)))  # fmt: skip
+        return rows
+
     # ------------------------------------------------------------------------ relay
 
     async def origin_keys_in(self, db: aiosqlite.Connection, urls: list[str]
@@ -654,19 +667,13 @@ class Store:
     async def relays_in(self, db: aiosqlite.Connection, item_ids: list[str]) -> dict[str, dict]:
         """What this node has relayed (or holds waiting to relay) of these items, by item id:
         {"path", "version", "state", "first_relayed", "status", "relayed_at"}."""
-        found: dict[str, dict] = {}
-        unique = sorted(set(item_ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows = await db.execute_fetchall(
-                f"SELECT item_id, path, version, state, first_relayed, status, relayed_at"
-                f" FROM relays WHERE item_id IN ({', '.join('?' * len(chunk))})", chunk,
-            )  # fmt: skip
-            for item_id, path, *rest in rows:
-                found[item_id] = {"path": json.loads(path), **dict(zip(
-                    ("version", "state", "first_relayed", "status", "relayed_at"), rest,
-                    strict=True))}  # fmt: skip
-        return found
+        rows = await self._fetch_for_ids(
+            db, "SELECT item_id, path, version, state, first_relayed, status, relayed_at"
+            " FROM relays WHERE item_id IN ({ids})", item_ids,
+        )  # fmt: skip
+        names = ("version", "state", "first_relayed", "status", "relayed_at")
+        return {item_id: {"path": json.loads(path), **dict(zip(names, rest, strict=True))}
+                for item_id, path, *rest in rows}  # fmt: skip
 
     async def relays_since(self, db: aiosqlite.Connection, origin: str, since: str) -> int:
         """How many of an origin's needs this node began relaying since `since`."""
@@ -727,30 +734,20 @@ class Store:
     async def pending_responses(self, item_ids: list[str]) -> dict[str, int]:
         """How many responses to each of our own items wait for a decision, by item id."""
         found: dict[str, int] = {item_id: 0 for item_id in item_ids}
-        unique = sorted(set(item_ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows = await self.fetch_all(
-                f"SELECT item_id, count(*) FROM responses WHERE state = 'pending'"
-                f" AND item_id IN ({', '.join('?' * len(chunk))}) GROUP BY item_id",
-                tuple(chunk),
-            )  # fmt: skip
-            found.update((row[0], row[1]) for row in rows)
+        found.update(tuple(row) for row in await self._fetch_for_ids(
+            None, "SELECT item_id, count(*) FROM responses WHERE state = 'pending'"
+            " AND item_id IN ({ids}) GROUP BY item_id", item_ids))  # fmt: skip
         return found
 
     async def sightings(self, item_ids: list[str]) -> dict[str, list[str]]:
         """The nodes seen relaying each of our own items, by item id."""
         found: dict[str, list[str]] = {item_id: [] for item_id in item_ids}
-        unique = sorted(set(item_ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows = await self.fetch_all(
-                f"SELECT item_id, relayer FROM relay_sightings"
-                f" WHERE item_id IN ({', '.join('?' * len(chunk))}) ORDER BY seen, relayer",
-                tuple(chunk),
-            )  # fmt: skip
-            for item_id, relayer in rows:
-                found[item_id].append(relayer)
+        rows = await self._fetch_for_ids(
+            None, "SELECT item_id, relayer FROM relay_sightings WHERE item_id IN ({ids})"
+            " ORDER BY seen, relayer", item_ids,
+        )  # fmt: skip
+        for item_id, relayer in rows:
+            found[item_id].append(relayer)
         return found
 
     async def item_versions_in(self, db: aiosqlite.Connection, item_ids: list[str]
@@ -759,17 +756,13 @@ class Store:
         relayed copies, read inside a write transaction, in a few queries."""
         versions: dict[str, int] = {}
         relayed: set[str] = set()
-        unique = sorted(set(item_ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows = await db.execute_fetchall(
-                f"SELECT id, version, via IS NOT NULL FROM items"
-                f" WHERE id IN ({', '.join('?' * len(chunk))})", chunk,
-            )  # fmt: skip
-            for item_id, version, is_relayed in rows:
-                versions[item_id] = version
-                if is_relayed:
-                    relayed.add(item_id)
+        rows = await self._fetch_for_ids(
+            db, "SELECT id, version, via IS NOT NULL FROM items WHERE id IN ({ids})", item_ids
+        )
+        for item_id, version, is_relayed in rows:
+            versions[item_id] = version
+            if is_relayed:
+                relayed.add(item_id)
         return versions, relayed
 
     async def item_in(self, db: aiosqlite.Connection, item_id: str) -> ItemRow | None:
@@ -969,16 +962,11 @@ class Store:
 
     async def latest_feed_seqs(self, item_ids: list[str]) -> dict[str, int]:
         """The seq of the latest feed entry of each of these items that has one."""
-        found: dict[str, int] = {}
-        for start in range(0, len(item_ids), 500):
-            chunk = item_ids[start : start + 500]
-            rows = await self.fetch_all(
-                f"SELECT item_id, max(seq) FROM feed WHERE item_id IN ({', '.join('?' * len(chunk))})"
-                " GROUP BY item_id",
-                tuple(chunk),
-            )
-            found.update((row[0], row[1]) for row in rows)
-        return found
+        rows = await self._fetch_for_ids(
+            None, "SELECT item_id, max(seq) FROM feed WHERE item_id IN ({ids}) GROUP BY item_id",
+            item_ids,
+        )  # fmt: skip
+        return {row[0]: row[1] for row in rows}
 
 
 @dataclass
