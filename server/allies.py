@@ -33,7 +33,14 @@ import aiosqlite
 
 from federation import items as item_rules
 from federation import relay as relay_rules
-from federation.entries import ChainState, canonical, check_key_entry, verify_signature
+from federation.entries import (
+    ChainState,
+    canonical,
+    check_key_entry,
+    check_shape_encoded,
+    hash_bytes,
+    verify_signature,
+)  # fmt: skip
 from federation.errors import BaseUrlError, ProtocolError, ValidationError
 from federation.identity import NodeDocument, parse_base_url, parse_node_document
 from federation.items import N_
@@ -447,6 +454,7 @@ class Allies:
             # to find it has them already. Ask it what it holds: it may have caught up.
             held = await self._their_cursor(peer)
             if held is None or head - held > PUSH_LAG_MAX:
+                self.node.metrics.pushed("behind")
                 return 0
             async with self.store.write() as db:
                 await self.store.update_peer(db, peer.id, delivered_seq=held)
@@ -472,19 +480,23 @@ class Allies:
                                                         json_bytes=body)  # fmt: skip
                 except FetchError as error:
                     failed = True
+                    self.node.metrics.pushed("error")
                     await self._push_failed(peer, str(error))
                     return total
                 if reply.status == 413 and batch > 1:
+                    self.node.metrics.pushed("too_large")
                     batch //= 2
                     continue
                 received = _received(reply) if reply.status in (200, 409) else None
                 if received is None:
                     stop = 400 <= reply.status < 500 and reply.status not in (401, 408, 429)
                     failed = True
+                    self.node.metrics.pushed("stopped" if stop else "error")
                     await self._push_failed(peer, f"pushing: {reply.status}: {_reason(reply)}",
                                             stop=stop)  # fmt: skip
                     return total
                 # The receiver says what it holds: go on from there (a 409 may move us back).
+                self.node.metrics.pushed("ok" if reply.status == 200 else "conflict")
                 now_at = min(received, last)
                 progressed = now_at > delivered
                 total += max(0, now_at - delivered)
@@ -501,13 +513,23 @@ class Allies:
                     await self.store.update_peer(db, peer.id, **fields)
 
     async def _their_cursor(self, peer: Peer) -> int | None:
-        """What a follower says it holds of our feed (`GET /federation/cursor`), or None."""
+        """What a follower says it holds of our feed (`GET /federation/cursor`), at most our
+        head, or None."""
+        held = await self.cursor_at(peer)
+        return None if held is None else min(held[0], await self.store.feed_head_seq())
+
+    async def cursor_at(self, peer: Peer) -> tuple[int, str | None] | None:
+        """(seq, hash) of what a node says it holds of our feed, or None if it cannot say."""
+        await self._load_key()
         try:
             reply = await self.outbound.request("GET", f"{peer.url}/federation/cursor")
         except FetchError:
             return None
-        held = _received(reply) if reply.status == 200 else None
-        return None if held is None else min(held, await self.store.feed_head_seq())
+        seq = _received(reply) if reply.status == 200 else None
+        if seq is None:
+            return None
+        held_hash = reply.json()["received"].get("hash")
+        return seq, held_hash if isinstance(held_hash, str) else None
 
     async def _push_failed(self, peer: Peer, reason: str, *, stop: bool = False) -> None:
         failures = peer.push_failures + 1
@@ -546,7 +568,7 @@ class Allies:
     async def run_delivery(self) -> None:
         """The pusher: on new entries or followers, and every `poll_interval` for retries."""
         await run_rounds(self.deliver_all, self._deliver, self.node.config.poll_interval,
-                         "pushing to followers")  # fmt: skip
+                         "pushing to followers", self.node.stopping)  # fmt: skip
 
     async def received_push(self, peer_id: int, body: dict) -> tuple[int, dict]:
         """`POST /federation/inbox` with `type: entries` from a node we follow: (status, answer)."""
@@ -636,7 +658,10 @@ class Allies:
             )  # fmt: skip
             for raw in entries:
                 if isinstance(raw, dict) and type(raw.get("seq")) is int and raw["seq"] <= chain.seq:
-                    continue  # held already: a page or push that overlaps
+                    problem = _overlap_fork(chain, raw)  # held already: a page or push that
+                    if problem is not None:              # overlaps, unless it contradicts ours
+                        break
+                    continue
                 before = (chain.seq, chain.hash, chain.key_id, chain.public)
                 try:
                     entry = chain.accept(raw)
@@ -657,6 +682,8 @@ class Allies:
                 head_seq=max(head_seq, chain.seq, peer.head_seq),
                 **self._read_health(peer, problem, answered=True),
             )  # fmt: skip
+        self.node.metrics.took_in(accepted=accepted, refused=len(changes.refused),
+                                  invalid=int(problem is not None))  # counted once committed
         if relayed:
             self.wake_delivery()
         if problem is not None:
@@ -696,17 +723,16 @@ class Allies:
         versions are sent by `relay_waiting`."""
         state = inner["body"]
         item_id, origin = state["id"], inner["origin"]
-        wait = False
         if known is None or known["first_relayed"] is None:
             since = format_time(self.node.now() - timedelta(days=1))
-            if await self.store.relays_since(db, origin, since) >= RELAYS_PER_ORIGIN_PER_DAY:
-                if state["status"] not in item_rules.LIVE_STATUSES:
-                    await self.store.forget_relay(db, item_id)
-                    return 0
-                wait = True
-        elif known["status"] == state["status"]:
-            wait = parse_time(known["relayed_at"]) + RELAY_EDIT_INTERVAL > self.node.now()
-        if wait:
+            wait = await self.store.relays_since(db, origin, since) >= RELAYS_PER_ORIGIN_PER_DAY
+            if wait and state["status"] not in item_rules.LIVE_STATUSES:
+                await self.store.forget_relay(db, item_id)
+                return 0
+        else:
+            wait = (known["status"] == state["status"]
+                    and parse_time(known["relayed_at"]) + RELAY_EDIT_INTERVAL > self.node.now())  # fmt: skip
+        if wait or await self.store.feed.held(db) is not None:  # after a restore, relays wait too
             await self.store.save_relay(db, item_id, origin=origin, path=path, version=state["version"],
                                         state="waiting", entry=canonical(inner).decode(),
                                         status=state["status"], now=now)  # fmt: skip
@@ -804,7 +830,8 @@ class Allies:
     async def run(self) -> None:
         """The worker: pull on start, when woken, and every `poll_interval`."""
         await run_rounds(lambda: self.pull_all(due_only=True), self._wake,
-                         self.node.config.poll_interval, "pulling allies' feeds")  # fmt: skip
+                         self.node.config.poll_interval, "pulling allies' feeds",
+                         self.node.stopping)  # fmt: skip
 
 
 def _reason(reply) -> str:
@@ -835,6 +862,24 @@ def _page(page: object, origin: str) -> tuple[list, int]:
     if not isinstance(head, dict) or type(head.get("seq")) is not int or not isinstance(entries, list):
         raise ProtocolError("the feed page has no head or entries")
     return entries, head["seq"]
+
+
+def _overlap_fork(chain: ChainState, raw: dict) -> str | None:
+    """An entry at our cursor's seq that is validly signed but is not the entry we hold there
+    is a fork (DESIGN §4.2): what a node restored from an old backup writes once it reaches
+    what its allies hold. Entries further back are not compared (only the cursor's hash is
+    kept)."""
+    if raw["seq"] != chain.seq or chain.hash is None:
+        return None
+    try:
+        entry, encoded = check_shape_encoded(raw, origin=chain.origin, strictly_read=True)
+        if hash_bytes(encoded) == chain.hash or entry["key"] != chain.key_id:
+            return None
+        verify_signature(entry, chain.public, strictly_read=True)
+    except ProtocolError:
+        return None  # not validly signed: nothing the origin said, so no fork
+    return (f"fork: entry {chain.seq} is validly signed but is not the entry {chain.seq} we hold "
+            f"({chain.hash})")
 
 
 def _chain_problem(chain: ChainState, raw: object, error: ProtocolError) -> str:

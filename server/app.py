@@ -3,6 +3,8 @@
 The onion, outside in:
 
     ServerErrorMiddleware   (starlette) anything unexpected → a plain 500, logged
+    AccessLog               one log line per request, once answered (server/logs.py)
+    RequestMetrics          requests counted and timed by route name (server/metrics.py)
     SecurityHeaders         CSP, no framing, no sniffing, same-origin referrers
     BodyLimit               413 before a body larger than its route's cap is read
     ExceptionMiddleware     ClientError → {"error"} (API, federation) or the error page
@@ -32,8 +34,11 @@ from federation.timefmt import Clock, system_clock
 from . import api, federation_routes, responses, web, wellknown
 from .config import Config
 from .errors import ClientError
+from .logs import AccessLog
+from .metrics import RequestMetrics
 from .node import Node
 from .templating import Templates
+from .workers import run_rounds
 
 log = logging.getLogger("aidnode")
 
@@ -42,6 +47,7 @@ BODY_LIMIT_API = 64 * 1024
 BODY_LIMIT_FORM = 64 * 1024
 BODY_LIMIT_FEDERATION = 1024 * 1024
 EXPIRY_INTERVAL = 60.0
+WORKER_GRACE = 15.0  # seconds workers have at shutdown to finish their round
 
 
 def wants_json(path: str) -> bool:
@@ -171,30 +177,51 @@ async def server_error(request: Request, error: Exception) -> Response:
                     media_type="text/plain")  # fmt: skip
 
 
-async def _expire_periodically(node: Node) -> None:
-    while True:
-        try:
-            count = await node.expire_due_items()
-            if count:
-                log.info("expired %d items", count)
-        except Exception:
-            log.exception("expiry worker failed; retrying")
-        await asyncio.sleep(EXPIRY_INTERVAL)
+async def _expire(node: Node) -> None:
+    count = await node.expire_due_items()
+    if count:
+        log.info("expired %d items", count)
 
 
-async def _escalate_periodically(node: Node) -> None:
+async def _escalate(node: Node) -> None:
     """Escalate needs whose delay has passed, and send relays that waited for their origin's
-    quota; checked often enough that a need asks allies within a tenth of its delay."""
-    interval = max(1.0, min(30.0, node.config.escalate_after_urgent / 10, node.config.escalate_after / 10))
-    while True:
-        try:
-            count = await node.escalate_due_needs()
-            if count:
-                log.info("escalated %d needs to allies", count)
-            await node.allies.relay_waiting()
-        except Exception:
-            log.exception("escalation worker failed; retrying")
-        await asyncio.sleep(interval)
+    quota or the edit interval."""
+    count = await node.escalate_due_needs()
+    if count:
+        log.info("escalated %d needs to allies", count)
+    await node.allies.relay_waiting()
+
+
+async def _verify_restore(node: Node, done: asyncio.Event) -> None:
+    """After a restore: ask the nodes that follow this one what they hold of its feed, until
+    none is ahead and the hold lifts (server/backup.py)."""
+    problem = await node.verify_restored_feed()
+    if problem:
+        log.warning("feed on hold after a restore: %s", problem)
+    else:
+        log.info("the feed is not on hold: no node that follows this one is ahead of it")
+        done.set()
+
+
+def _workers(node: Node) -> list[asyncio.Task]:
+    """The background workers, each a `run_rounds` loop that stops with `node.stopping`.
+    Escalation is checked often enough that a need asks allies within a tenth of its delay."""
+    escalation_interval = max(1.0, min(30.0, node.config.escalate_after_urgent / 10,
+                                       node.config.escalate_after / 10))  # fmt: skip
+    loops = [
+        run_rounds(lambda: _expire(node), asyncio.Event(), EXPIRY_INTERVAL, "expiry", node.stopping),
+        run_rounds(lambda: _escalate(node), asyncio.Event(), escalation_interval, "escalation",
+                   node.stopping),
+        node.allies.run(), node.allies.run_delivery(), node.responses.run(),
+    ]  # fmt: skip
+    if node.feed.hold is not None:
+        # Its own stop: set by the node's shutdown, or once the hold has lifted.
+        lifted = asyncio.Event()
+        node.stopping_hooks.append(lifted)
+        loops.append(run_rounds(lambda: _verify_restore(node, lifted), asyncio.Event(),
+                                node.config.poll_interval, "checking the feed after a restore",
+                                lifted))  # fmt: skip
+    return [asyncio.create_task(loop) for loop in loops]
 
 
 def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = True) -> Starlette:
@@ -206,21 +233,23 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
-        tasks = []
-        if workers:
-            tasks = [asyncio.create_task(_expire_periodically(node)),
-                     asyncio.create_task(_escalate_periodically(node)),
-                     asyncio.create_task(node.allies.run()),
-                     asyncio.create_task(node.allies.run_delivery()),
-                     asyncio.create_task(node.responses.run())]  # fmt: skip
+        tasks = _workers(node) if workers else []
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Graceful: each worker finishes the round it is in (a push on its way, a page
+            # being taken in) and stops; whatever is still running after the grace is
+            # cancelled, which leaves nothing half-written (every write is one transaction).
+            node.stopping.set()
+            for hook in node.stopping_hooks:
+                hook.set()
+            if tasks:
+                _, late = await asyncio.wait(tasks, timeout=WORKER_GRACE)
+                for task in late:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await node.close()
 
     static_dir = str(resources.files("templates") / "static")
@@ -234,7 +263,8 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit)],
+        middleware=[Middleware(AccessLog), Middleware(RequestMetrics, metrics=node.metrics),
+                    Middleware(SecurityHeaders), Middleware(BodyLimit)],
         exception_handlers={ClientError: client_error, HTTPException: http_error,
                             Exception: server_error},
         lifespan=lifespan,

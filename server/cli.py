@@ -6,9 +6,6 @@ volunteer admin meets the node first.
 
 import argparse
 import asyncio
-import json
-import logging
-import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,9 +14,11 @@ from federation.errors import ProtocolError
 from federation.keys import fingerprint, parse_public_key
 
 from . import __version__
+from .backup import BackupError, make_backup, restore_backup
 from .config import DEFAULT_DATA_DIR, ConfigError, load_config
 from .errors import ClientError
 from .feed import ChainProblem
+from .logs import configure_logging, tell_operator
 from .node import ROLES, Node, NodeExists, init_node
 from .store import StoreError
 
@@ -68,15 +67,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     async def announce(node: Node) -> None:
         code = await node.first_admin_invite()
         if code:
-            print("This node has no admin yet. Open this one-time link to become its admin:")
-            print(f"  {node.invite_url(code)}", flush=True)
+            tell_operator(config.log_format, "This node has no admin yet. Open this one-time "
+                          "link to become its admin:", link=node.invite_url(code))  # fmt: skip
 
     _with_node(config, announce)
-    print(f"serving {config.name!r} at {config.base_url} (listening on {config.host}:{config.port})",
-          flush=True)  # fmt: skip
+    tell_operator(config.log_format, f"serving {config.name!r} at {config.base_url} "
+                  f"(listening on {config.host}:{config.port})")  # fmt: skip
+    # The node writes its own access log (server/logs.py: it says how long each request took).
     uvicorn.run(
         create_app(config), host=config.host, port=config.port, log_config=None,
-        proxy_headers=False, server_header=False, timeout_graceful_shutdown=20,
+        access_log=False, proxy_headers=False, server_header=False, timeout_graceful_shutdown=20,
     )  # fmt: skip
 
 
@@ -190,39 +190,54 @@ def cmd_check(args: argparse.Namespace) -> None:
           f"{counts['federated_items']} federated items match their latest entries")  # fmt: skip
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}  # fmt: skip
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import DemoError, run
+
+    if not 1024 <= args.base_port <= 65533:
+        raise CliError("--base-port must be from 1024 to 65533 (the demo uses it and the next two)")
+    try:
+        run(Path(args.data), args.base_port)
+    except DemoError as error:
+        raise CliError(str(error)) from None
 
 
-class RedactSecrets(logging.Filter):
-    """Keep invite codes out of the access log: a path holds one in /join/<code>."""
-
-    _JOIN = re.compile(r"/join/[^/?\s\"]+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._JOIN.sub("/join/[redacted]", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        return True
+def cmd_backup(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.data))
+    about = make_backup(config.data_dir, Path(args.output), base_url=config.base_url)
+    print(f"backed up {config.name!r} (feed entry {about['feed_head_seq']}, "
+          f"{about['local_items']} items of its own) to {args.output}")  # fmt: skip
+    print("the backup holds the node's signing key: keep it as safe as the key itself",
+          file=sys.stderr)  # fmt: skip
 
 
-def configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler()
-    handler.addFilter(RedactSecrets())
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+def cmd_restore(args: argparse.Namespace) -> None:
+    about = restore_backup(Path(args.backup), Path(args.data))
+    config = load_config(Path(args.data))
+    _with_node(config, lambda node: asyncio.sleep(0))  # migrations, if the backup is older
+    print(f"restored {config.name!r} at {config.base_url} from a backup made {about['created']} "
+          f"(feed entry {about['feed_head_seq']}) into {args.data}")  # fmt: skip
+    print("its feed is on hold: when it serves, it asks the nodes that follow it what they hold "
+          "of its feed, and resumes once none holds more than this backup; see "
+          "`aidnode resume-feed`")  # fmt: skip
+
+
+def cmd_resume_feed(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.data))
+
+    async def resume(node: Node) -> str:
+        if node.feed.hold is None:
+            return "the feed is not on hold"
+        if args.force:
+            await node.release_feed_hold(None, reason=f"released by the admin: {node.feed.hold}")
+            return ("the feed is no longer on hold; allies that held more of it will see a fork "
+                    "and must re-sync after checking this node's key with you")  # fmt: skip
+        problem = await node.verify_restored_feed()
+        if problem:
+            raise CliError(f"still on hold: {problem}. If that cannot change (the newer entries "
+                           "are lost for good), `aidnode resume-feed --force` resumes anyway")  # fmt: skip
+        return "the feed is no longer on hold: no node that follows this one is ahead of it"
+
+    print(_with_node(config, resume))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +296,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
 
     command("check", cmd_check, "Verify the node's database, its whole feed chain and its items.")
+
+    sub = command("demo", cmd_demo, "Run three federated demo nodes on this machine, with "
+                  "sample offers, needs and a response, for a first look; Ctrl-C stops them.")  # fmt: skip
+    sub.add_argument("--base-port", type=int, default=8101,
+                     help="demo node i serves http://127.0.0.1:<base-port + i> (default 8101)")
+    sub.set_defaults(data="./aidnode-demo")
+
+    sub = command("backup", cmd_backup, "Write a backup of the node (settings, keys, database) "
+                  "to a new file, while it runs.")  # fmt: skip
+    sub.add_argument("output", help="the backup file to write, e.g. aidnode-2026-12-02.tar.gz")
+    sub = command("restore", cmd_restore, "Restore a backup into a new data directory, its "
+                  "feed on hold until no ally holds more of it.")  # fmt: skip
+    sub.add_argument("backup", help="a file written by `aidnode backup`")
+    sub = command("resume-feed", cmd_resume_feed, "After a restore: ask the nodes that follow "
+                  "this one what they hold of its feed, and resume it if none is ahead.")  # fmt: skip
+    sub.add_argument("--force", action="store_true",
+                     help="resume even so, accepting that allies ahead of it see a fork")
     return parser
 
 
@@ -291,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (CliError, ConfigError, NodeExists, StoreError, ProtocolError) as error:
+    except (CliError, ConfigError, NodeExists, StoreError, ProtocolError, BackupError) as error:
         print(f"aidnode {args.command}: {error}", file=sys.stderr)
         return EXIT_ERROR
     except ClientError as error:

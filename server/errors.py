@@ -84,5 +84,11 @@ class BadGateway(ClientError):
     status = 502
 
 
+class Unavailable(ClientError):
+    """The node cannot do this now (its feed is on hold after a restore, say)."""
+
+    status = 503
+
+
 class GatewayTimeout(ClientError):
     status = 504

@@ -36,6 +36,10 @@ from federation.keys import (
 )
 from federation.strictjson import loads_strict
 
+from .errors import Unavailable
+
+HOLD_KEY = "feed_hold"  # node_meta: why appending is on hold (server/backup.py); absent if not
+
 FEED_LIMIT_DEFAULT = 100
 FEED_LIMIT_MAX = 1000
 FEED_MAX_BYTES = 1024 * 1024
@@ -56,6 +60,8 @@ class Feed:
     def __init__(self, base_url: str, keys_dir: Path) -> None:
         self.base_url = base_url
         self.keys_dir = keys_dir
+        # Why appending is on hold (see server/backup.py), or None: set by the node at start.
+        self.hold: str | None = None
         self._keys: dict[str, NodeKey] = {}
         # (write generation, head, key in force) as the last append left them: see `append`.
         self._tip: tuple[int, Head, NodeKey] | None = None
@@ -99,6 +105,15 @@ class Feed:
             row = await cursor.fetchone()
         return Head(0, None) if row is None else Head(row[0], row[1])
 
+    async def held(self, db: aiosqlite.Connection) -> str | None:
+        """Why the feed is on hold, or None. While it is, the database is asked again each
+        time (an admin's `aidnode resume-feed` lifts it from another process); once it is
+        not, this costs nothing."""
+        if self.hold is not None:
+            rows = await db.execute_fetchall("SELECT value FROM node_meta WHERE key = ?", (HOLD_KEY,))
+            self.hold = rows[0][0] if rows else None
+        return self.hold
+
     async def append(
         self, db: aiosqlite.Connection, type: str, body: dict, *, at: str,
         item_id: str | None = None, key: NodeKey | None = None, generation: int | None = None,
@@ -110,6 +125,8 @@ class Feed:
         back, so the head and key that append left are still the feed's, and are not read
         again. Without it, they are read.
         """
+        if await self.held(db) is not None:
+            raise Unavailable(f"this node's feed is on hold, so nothing can be published now: {self.hold}")
         tip = self._tip
         if generation is not None and key is None and tip is not None and tip[0] == generation:
             head, current = tip[1], tip[2]

@@ -5,6 +5,7 @@ what a change does) live in one place and every surface behaves the same. A `Nod
 store, its signing key, its clock and its rate limiters; nothing here is global.
 """
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -35,7 +36,8 @@ from .config import (
     write_config_file,
 )  # fmt: skip
 from .errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
-from .feed import ChainProblem, Feed, check_feed, node_keys
+from .feed import HOLD_KEY, ChainProblem, Feed, check_feed, node_keys
+from .metrics import Metrics
 from .store import ItemQuery, ItemRow, Store, User
 
 log = logging.getLogger("aidnode")
@@ -65,9 +67,10 @@ def cookie_suffix(base_url: str) -> str:
 
 def init_node(
     data_dir: Path, *, name: str, base_url: str, host: str | None = None,
-    port: int | None = None, environ: dict | None = None,
+    port: int | None = None, environ: dict | None = None, settings: dict | None = None,
 ) -> Config:
     """Create a node's data directory: settings, signing key (0600) and database.
+    `settings`: more values for its `aidnode.toml` (checked as any setting is, when loaded).
 
     Refuses to touch a directory that already holds a node. The database is created and
     migrated by `Node.start`, which also records the base_url the node's item ids embed.
@@ -77,11 +80,12 @@ def init_node(
         raise NodeExists(f"{data_dir} already holds a node; refusing to overwrite it")
     if not name or not name.strip():
         raise ConfigError("--name must not be empty")
-    values: dict = {"name": name.strip(), "base_url": base_url}
+    values: dict = {**(settings or {}), "name": name.strip(), "base_url": base_url}
     if host is not None:
         values["host"] = host
     env = os.environ if environ is None else environ
-    allow_private = env.get("AIDNODE_ALLOW_PRIVATE_ADDRESSES", "").lower() in ("1", "true")
+    allow_private = (env.get("AIDNODE_ALLOW_PRIVATE_ADDRESSES", "").lower() in ("1", "true")
+                     or values.get("allow_private_addresses") is True)  # fmt: skip
     try:
         parse_base_url(base_url, allow_private_addresses=allow_private)
     except BaseUrlError as error:
@@ -162,6 +166,9 @@ class Node:
         self.cookie_suffix = cookie_suffix(config.base_url)
         self.allies: Allies | None = None
         self.peer_names: dict[str, str] = {}  # base URL → the group's name, for views
+        self.stopping = asyncio.Event()  # set at shutdown: workers finish their round and stop
+        self.stopping_hooks: list[asyncio.Event] = []  # more events set at shutdown
+        self.metrics = Metrics()  # its own registry: /metrics (server/metrics.py)
 
     # ------------------------------------------------------------------------ life
 
@@ -177,6 +184,7 @@ class Node:
                 "item ids embed it, so it cannot change (unset AIDNODE_BASE_URL)"
             )
         self.feed = Feed(self.config.base_url, self.config.keys_dir)
+        self.feed.hold = await self.store.get_meta(HOLD_KEY)
         self.store.feed = self.feed
         async with self.store.write() as db:
             await self.feed.ensure_first_key(db)
@@ -483,8 +491,11 @@ class Node:
 
     async def expire_due_items(self) -> int:
         """Mark local items whose time ran out as expired: a real change, version +1; drop
-        remote items whose time ran out."""
+        remote items whose time ran out. (Local items wait while the feed is on hold.)"""
         now = self.now()
+        if self.feed.hold is not None:
+            await self.store.drop_expired_remote_items(format_time(now))
+            return 0
         expired = 0
         for item_id in await self.store.due_for_expiry(format_time(now)):
             async with self.store.write() as db:
@@ -513,11 +524,53 @@ class Node:
             return self.config.escalate_after_urgent
         return self.config.escalate_after
 
+    # ------------------------------------------------------------------------ after a restore
+
+    async def verify_restored_feed(self) -> str | None:
+        """A restored node's feed is on hold (server/backup.py) until every node that follows
+        it holds no more of its feed than it does. Ask them now: lift the hold and return None
+        if none is ahead, else keep it and return (and record) why."""
+        async with self.store.read() as db:
+            if await self.feed.held(db) is None:
+                return None
+            head = await Feed.head(db)
+            hashes = dict(await db.execute_fetchall("SELECT seq, hash FROM feed"))
+        problems = []
+        for peer in await self.store.peers():
+            if peer.trust != "trusted" or (peer.they_follow != "accepted" and not peer.delivered_seq):
+                continue
+            held = await self.allies.cursor_at(peer)
+            if held is None:
+                problems.append(f"{peer.url} could not be asked what it holds of our feed")
+            elif held[0] > head.seq:
+                problems.append(f"{peer.url} holds entry {held[0]} of our feed, and this node's "
+                                f"feed ends at entry {head.seq}")  # fmt: skip
+            elif held[0] and hashes.get(held[0]) != held[1]:
+                problems.append(f"{peer.url} holds an entry {held[0]} that differs from ours")
+        if problems:
+            reason = "; ".join(problems)[:1000]
+            async with self.store.write() as db:  # still held, unless an admin released it
+                await db.execute("UPDATE node_meta SET value = ? WHERE key = ?", (reason, HOLD_KEY))
+                return await self.feed.held(db)
+        await self.release_feed_hold(None, reason="every node that follows this one is at or behind its feed")
+        return None
+
+    async def release_feed_hold(self, actor: User | None, *, reason: str) -> None:
+        """Lift the hold: the feed may be appended to again (audited)."""
+        async with self.store.write() as db:
+            await db.execute("DELETE FROM node_meta WHERE key = ?", (HOLD_KEY,))
+            await self.store.audit(db, now=self.now_text(), actor=actor, action="feed.resume",
+                                   target=self.config.base_url, detail=reason[:500])  # fmt: skip
+        self.feed.hold = None
+        self.allies.wake_delivery()
+
     async def escalate_due_needs(self) -> int:
         """Ask allies about local needs still open once their delay has passed: reach becomes
         `allies`, a real change (version +1) whose entry carries the need to every ally. A
         need kept in the group (`escalation: never`), or promised, fulfilled or withdrawn
-        before then, never leaves it."""
+        before then, never leaves it. Nothing escalates while the feed is on hold."""
+        if self.feed.hold is not None:
+            return 0
         now = self.now()
         due = await self.store.due_for_escalation(
             urgent_before=format_time(now - timedelta(seconds=self.config.escalate_after_urgent)),

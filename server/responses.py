@@ -505,7 +505,7 @@ class Responses:
     async def run(self) -> None:
         """The worker: send decisions as they are made, and retry failed ones when due."""
         await run_rounds(self.send_due_statuses, self._wake, STATUS_POLL,
-                         "sending response-status messages")  # fmt: skip
+                         "sending response-status messages", self.node.stopping)  # fmt: skip
 
     # ------------------------------------------------------------------------ pages
 

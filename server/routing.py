@@ -57,6 +57,7 @@ ACCESS_LEVELS = (
 # `inbox_sender`: which keys may sign an inbox message, by its type (see the docstring).
 INBOX_SIGNERS = {"response": "any", "response-status": "pinned"}
 INBOX_MAX_BYTES = 512 * 1024
+FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 SURFACES = ("page", "api", "public", "federation")
 FORM_MAX_FIELDS = 100
 FORM_MAX_PART = 64 * 1024
@@ -222,7 +223,10 @@ def allowed(request: Request, access: str) -> bool:
         return request.state.peer is not None or request.app.state.node.config.feed_public
     if access == "loopback_or_admin":
         host = request.client.host if request.client else ""
-        return host in ("127.0.0.1", "::1") or has_role(user, "admin")
+        # A reverse proxy on this machine connects from loopback too: a request it says it
+        # forwarded is someone else's, not the operator's own.
+        forwarded = any(name in request.headers for name in FORWARDED_HEADERS)
+        return (host in ("127.0.0.1", "::1") and not forwarded) or has_role(user, "admin")
     return has_role(user, access)
 
 

@@ -418,8 +418,9 @@ class Store:
             )
 
     async def ping(self) -> bool:
-        row = await self.fetch_one("SELECT 1")
-        return row is not None and row[0] == 1
+        """Whether the database answers a real query (one that reads the file, not `SELECT 1`)."""
+        row = await self.fetch_one("SELECT count(*) FROM node_meta")
+        return row is not None and row[0] > 0
 
     # ------------------------------------------------------------------------ users
 
@@ -909,6 +910,45 @@ class Store:
             "SELECT kind, count(*) FROM items WHERE is_local GROUP BY kind"
         )
         return {row[0]: row[1] for row in rows}
+
+    # ------------------------------------------------------------------------ operations
+
+    async def metrics_counts(self, now: str) -> dict[str, dict]:
+        """What /metrics reads at scrape time (server/metrics.py): feed entries by type, items
+        by (origin, status), and the depth of each queue of waiting work."""
+        async with self.read() as db:
+            feed = await db.execute_fetchall("SELECT type, count(*) FROM feed GROUP BY type")
+            items = await db.execute_fetchall(
+                "SELECT CASE WHEN is_local THEN 'local' ELSE 'remote' END, status, count(*)"
+                " FROM items GROUP BY 1, 2"
+            )
+            (queues,) = await db.execute_fetchall(
+                "SELECT (SELECT count(*) FROM relays WHERE state = 'waiting'),"
+                " (SELECT count(*) FROM response_status_outbox WHERE next_attempt IS NOT NULL),"
+                " (SELECT count(*) FROM items WHERE is_local AND status IN ('open', 'promised')"
+                "  AND expires <= ?)",
+                (now,),
+            )
+        return {
+            "feed_entries": {row[0]: row[1] for row in feed},
+            "items": {(row[0], row[1]): row[2] for row in items},
+            "queues": dict(zip(("relays_waiting", "response_status", "expiry_due"), queues,
+                               strict=True)),
+        }  # fmt: skip
+
+    async def usage_counts(self, *, month_ago: str, halfyear_ago: str) -> dict[str, int]:
+        """For NodeInfo: active accounts, and those that signed in (a session begun) or posted
+        an item since each time. Sessions end at logout, so activity is a lower bound."""
+        row = await self.fetch_one(
+            "WITH active(user_id, at) AS (SELECT user_id, created FROM sessions"
+            "  UNION ALL SELECT owner_id, created FROM items WHERE is_local AND owner_id IS NOT NULL),"
+            " live(id) AS (SELECT id FROM users WHERE NOT disabled)"
+            " SELECT (SELECT count(*) FROM live),"
+            " (SELECT count(DISTINCT user_id) FROM active WHERE at >= ?1 AND user_id IN live),"
+            " (SELECT count(DISTINCT user_id) FROM active WHERE at >= ?2 AND user_id IN live)",
+            (month_ago, halfyear_ago),
+        )
+        return {"total": row[0], "activeMonth": row[1], "activeHalfyear": row[2]}
 
     # ------------------------------------------------------------------------ matching, queue
 

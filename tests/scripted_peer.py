@@ -8,8 +8,11 @@ of the test process, stopped when the test ends.
 """
 
 import asyncio
+import json
 import threading
+from datetime import UTC, datetime
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from federation.entries import entry_hash, sign_entry
+from federation.httpsig import sign_request
 from federation.identity import node_document
 from federation.keys import generate_key
 from tests.live import free_port
@@ -32,6 +36,8 @@ class ScriptedPeer:
         self.key = generate_key("main")
         self.entries: list[dict] = []
         self.subscribers: list[str] = []
+        self.inbox_delay = 0.0  # seconds the inbox takes to answer a push
+        self.pushed: list[dict] = []  # pushes answered, in order
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -69,7 +75,13 @@ class ScriptedPeer:
                                  "entries": self.entries[after : after + limit]})  # fmt: skip
 
         async def inbox(request: Request) -> Response:
-            return JSONResponse({"received": {"seq": 0, "hash": None}})
+            body = json.loads(await request.body())
+            await asyncio.sleep(self.inbox_delay)
+            entries = body.get("entries") or []
+            self.pushed.append(body)
+            last = entries[-1] if entries else None
+            return JSONResponse({"received": {"seq": last["seq"] if last else 0,
+                                              "hash": entry_hash(last) if last else None}})
 
         return Starlette(routes=[
             Route("/.well-known/aidnode", well_known),
@@ -77,6 +89,14 @@ class ScriptedPeer:
             Route("/federation/feed", feed),
             Route("/federation/inbox", inbox, methods=["POST"]),
         ])  # fmt: skip
+
+    def subscribe_to(self, url: str) -> httpx.Response:
+        """Ask a node, with a signed request, to let this peer follow it."""
+        request = httpx.Request("POST", f"{url}/federation/subscriptions",
+                                json={"subscriber": self.url})  # fmt: skip
+        sign_request(request, self.key, self.key.key_id(self.url), now=datetime.now(UTC))
+        with httpx.Client(timeout=10) as client:
+            return client.send(request)
 
     def start(self) -> "ScriptedPeer":
         config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="warning",

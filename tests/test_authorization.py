@@ -56,6 +56,9 @@ EXPECTED = {
     ("GET", "/api/v1/openapi.json"): "anyone",
     ("GET", "/.well-known/aidnode"): "anyone",
     ("GET", "/healthz"): "anyone",
+    ("GET", "/.well-known/nodeinfo"): "anyone",
+    ("GET", "/nodeinfo/2.1"): "anyone",
+    ("GET", "/metrics"): "loopback_or_admin",
     ("GET", "/federation/feed"): "feed_reader",
     ("GET", "/federation/cursor"): "trusted_node",
     ("POST", "/federation/inbox"): "inbox_sender",
@@ -84,6 +87,8 @@ def may(access: str, role: str | None, public_offers: bool) -> bool:
         return True
     if access == "visitor_if_public":
         return public_offers or role is not None
+    if access == "loopback_or_admin":
+        return True  # the in-process client is 127.0.0.1 (other addresses: tests/test_metrics.py)
     if access in ("feed_reader", "trusted_node", "any_node", "inbox_sender"):
         return False  # only other nodes, by signature (tests/test_feed.py); people never
     return RANK[role] >= RANK[access]

@@ -331,3 +331,22 @@ async def test_visitors_never_see_allied_items_even_with_public_offers(harness_f
         page = await visitor.get("/items/00000000-0000-4000-8000-000000000001")
         assert page.status_code == 404
         assert "Soup on Sundays" in (await (await h.browser("ann")).get("/items")).text
+
+
+async def test_a_different_signed_entry_at_our_cursor_is_a_fork(harness):
+    """An overlapping entry is compared with the one held at the cursor: the same is skipped,
+    a forged one is ignored, a validly signed different one is a fork."""
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    feed.append(item(1))
+    feed.append(item(2))
+    assert await harness.node.allies.ingest(peer_id, feed.entries) == (2, None)
+    assert await harness.node.allies.ingest(peer_id, feed.entries[1:]) == (0, None)
+    other = sign_entry(origin=WEST, seq=2, prev=entry_hash(feed.entries[0]), type="item",
+                       at="2026-11-24T17:00:00Z", body=item(3), key=feed.key)  # fmt: skip
+    forged = {**other, "sig": feed.entries[0]["sig"]}
+    assert await harness.node.allies.ingest(peer_id, [forged]) == (0, None)
+    accepted, problem = await harness.node.allies.ingest(peer_id, [other])
+    assert accepted == 0 and problem.startswith("fork: entry 2")
+    peer = await harness.node.store.peer(peer_id)
+    assert peer.forked and peer.received_seq == 2 and peer.received_hash == entry_hash(feed.entries[1])

@@ -27,6 +27,22 @@ async def test_healthz_answers_when_the_database_does(harness):
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
+async def test_healthz_is_503_with_a_json_error_once_the_database_is_closed(harness):
+    """With the store's connections closed, /healthz says 503 in JSON, not 200 or a 500."""
+    await harness.node.store.close()
+    response = await harness.client().get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "error": "the database does not answer"}
+
+
+async def test_healthz_asks_the_database_a_real_question(harness):
+    """A database that still answers `SELECT 1` but cannot read its tables is not healthy."""
+    async with harness.node.store.write() as db:
+        await db.execute("DROP TABLE node_meta")
+    response = await harness.client().get("/healthz")
+    assert response.status_code == 503 and "error" in response.json()
+
+
 async def test_openapi_documents_every_api_route(harness):
     doc = (await harness.client().get("/api/v1/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
