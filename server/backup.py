@@ -48,7 +48,7 @@ def make_backup(data_dir: Path, output: Path, *, base_url: str) -> dict:
     database = data_dir / DATABASE_FILE
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / DATABASE_FILE
-        source = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        source = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
         target = sqlite3.connect(copy)
         try:
             source.backup(target)
@@ -163,7 +163,7 @@ def _checked_members(tar: tarfile.TarFile) -> list[tuple[tarfile.TarInfo, str]]:
 
 def _check_database(path: Path) -> None:
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
             (result,) = db.execute("PRAGMA integrity_check").fetchone()
     except sqlite3.Error as error:
         raise BackupError(f"the backup's database cannot be read: {error}") from None
