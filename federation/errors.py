@@ -32,4 +32,10 @@ class MalformedError(ProtocolError):
 
 
 class BaseUrlError(ProtocolError):
-    """A node base_url that breaks the rules of DESIGN §4.1."""
+    """A node base_url that breaks the rules of DESIGN §4.1; `message` and `params` as for
+    ValidationError (an admin sees it on a page when adding a node)."""
+
+    def __init__(self, message: str, /, **params: object) -> None:
+        self.message = message
+        self.params = params
+        super().__init__(message % params if params else message)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import BaseUrlError, MalformedError
+from .items import N_
 from .keys import parse_public_key, public_key_text
 
 PROTOCOL = "aidnode/1"
@@ -31,32 +32,32 @@ def is_loopback_host(host: str) -> bool:
 def parse_base_url(url: object, *, allow_private_addresses: bool = False) -> str:
     """Return `url` if it is a valid base_url, else raise BaseUrlError saying why."""
     if not isinstance(url, str) or not url:
-        raise BaseUrlError("the base URL must be a non-empty string")
+        raise BaseUrlError(N_("the base URL must be a non-empty string"))
     if url != url.strip() or any(ch.isspace() for ch in url):
-        raise BaseUrlError("the base URL must not contain spaces")
+        raise BaseUrlError(N_("the base URL must not contain spaces"))
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as error:
-        raise BaseUrlError(f"the base URL is not a valid URL: {error}") from None
+        raise BaseUrlError(N_("the base URL is not a valid URL: %(error)s"), error=str(error)) from None
     if parts.scheme not in ("http", "https"):
-        raise BaseUrlError("the base URL must start with https:// (or http:// for loopback)")
+        raise BaseUrlError(N_("the base URL must start with https:// (or http:// for loopback)"))
     if parts.username is not None or parts.password is not None:
-        raise BaseUrlError("the base URL must not contain a user name or password")
+        raise BaseUrlError(N_("the base URL must not contain a user name or password"))
     if parts.path or parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise BaseUrlError("the base URL must have no path, query or trailing slash")
+        raise BaseUrlError(N_("the base URL must have no path, query or trailing slash"))
     host = parts.hostname or ""
     if not host:
-        raise BaseUrlError("the base URL has no host")
+        raise BaseUrlError(N_("the base URL has no host"))
     if url != url.lower():
-        raise BaseUrlError(f"the base URL must be lowercase: {url.lower()}")
+        raise BaseUrlError(N_("the base URL must be lowercase: %(url)s"), url=url.lower())
     if port is not None and port == {"http": 80, "https": 443}[parts.scheme]:
-        raise BaseUrlError("the base URL must omit the scheme's default port")
+        raise BaseUrlError(N_("the base URL must omit the scheme's default port"))
     if parts.scheme == "http" and not (is_loopback_host(host) or allow_private_addresses):
-        raise BaseUrlError(
+        raise BaseUrlError(N_(
             "the base URL must use https:// unless its host is loopback "
             "(or allow_private_addresses is on, for tests)"
-        )
+        ))
     return url
 
 

@@ -18,12 +18,14 @@ from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from federation.encoding import b64url_encode
+from federation.items import N_
 
 SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P = 15, 8, 3
 SALT_BYTES = 16
 HASH_BYTES = 32
 PASSWORD_MIN = 10
 PASSWORD_MAX = 1024
+PASSWORD_PARAMS = {"min": PASSWORD_MIN, "max": PASSWORD_MAX}
 
 
 def _scrypt(salt: bytes, log_n: int, r: int, p: int) -> Scrypt:
@@ -72,11 +74,11 @@ class Passwords:
 
 
 def check_new_password(password: object) -> str | None:
-    """Why a new password cannot be used, or None."""
+    """Why a new password cannot be used (a message template filled by PASSWORD_PARAMS), or None."""
     if not isinstance(password, str) or len(password) < PASSWORD_MIN:
-        return f"the password must be at least {PASSWORD_MIN} characters"
+        return N_("the password must be at least %(min)d characters")
     if len(password) > PASSWORD_MAX:
-        return f"the password must be at most {PASSWORD_MAX} characters"
+        return N_("the password must be at most %(max)d characters")
     return None
 
 

@@ -156,10 +156,12 @@ class Allies:
             reply = await self.outbound.request("GET", f"{url}/.well-known/aidnode", signed=False,
                                                 max_bytes=64 * 1024)  # fmt: skip
             if reply.status != 200:
-                raise BadGateway(f"{url} answered {reply.status} for its node document")
+                raise BadGateway(N_("%(url)s answered %(status)s for its node document"),
+                                 params={"url": url, "status": reply.status})  # fmt: skip
             return parse_node_document(reply.json(), url)
         except FetchError as error:
-            raise BadGateway(f"could not reach {url}: {error}") from None
+            raise BadGateway(N_("could not reach %(url)s: %(error)s"),
+                             params={"url": url, "error": str(error)}) from None
         except ProtocolError as error:
             raise BadGateway(str(error)) from None
 
@@ -168,9 +170,9 @@ class Allies:
             url = parse_base_url(url.strip() if isinstance(url, str) else url,
                                  allow_private_addresses=self.node.config.allow_private_addresses)
         except BaseUrlError as error:
-            raise Invalid(str(error), field="url") from None
+            raise Invalid(error.message, field="url", params=error.params) from None
         if url == self.node.config.base_url:
-            raise Invalid("that is this node's own address", field="url")
+            raise Invalid(N_("that is this node's own address"), field="url")
         return url
 
     async def add_peer(self, url: object, actor: "User | None") -> tuple[Peer, bool]:
@@ -219,7 +221,7 @@ class Allies:
         async with self.store.write() as db:
             peer = await self.store.peer_in(db, peer_id)
             if peer is None:
-                raise NotFound("no such peer")
+                raise NotFound(N_("no such peer"))
             fields: dict[str, Any] = {}
             changes = []
             tell = None  # what to tell them of their subscription, once committed
@@ -272,7 +274,7 @@ class Allies:
         async with self.store.write() as db:
             peer = await self.store.peer_in(db, peer_id)
             if peer is None:
-                raise NotFound("no such peer")
+                raise NotFound(N_("no such peer"))
             await self.store.drop_remote_items(db, peer.url)
             await self.store.update_peer(db, peer_id, received_seq=0, received_hash=None,
                                          head_seq=0, last_error=None, failures=0,

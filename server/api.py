@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from federation import items as item_rules
 from federation.encoding import b64url_encode
 from federation.errors import MalformedError
+from federation.items import N_
 from federation.strictjson import loads_strict
 
 from .allies import peer_id_of, peer_json
@@ -44,13 +45,13 @@ def decode_cursor(text: str) -> dict:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         value = loads_strict(raw)
     except (ValueError, MalformedError):
-        raise ClientError("cursor is not one this node gave out", field="cursor") from None
+        raise ClientError(N_("cursor is not one this node gave out"), field="cursor") from None
     if not isinstance(value, dict) or not (
         (set(value) == {"o"} and isinstance(value["o"], int) and value["o"] >= 0)
         or (set(value) == {"a"} and isinstance(value["a"], list) and len(value["a"]) == 2
             and isinstance(value["a"][0], str) and isinstance(value["a"][1], int))
     ):  # fmt: skip
-        raise ClientError("cursor is not one this node gave out", field="cursor")
+        raise ClientError(N_("cursor is not one this node gave out"), field="cursor")
     return value
 
 
@@ -59,7 +60,8 @@ def _one_of(params, name: str, choices: tuple[str, ...]) -> str | None:
     if value is None or value == "":
         return None
     if value not in choices:
-        raise ClientError(f"{name} must be one of: {', '.join(choices)}", field=name)
+        raise ClientError(N_("%(field)s must be one of: %(choices)s"), field=name,
+                          params={"field": name, "choices": ", ".join(choices)})  # fmt: skip
     return value
 
 
@@ -72,14 +74,16 @@ def item_query(request: Request, *, limit_default: int, limit_max: int) -> ItemQ
     statuses = (status,) if status else item_rules.LIVE_STATUSES
     q = params.get("q", "").strip()
     if len(q) > Q_MAX:
-        raise ClientError(f"q must be at most {Q_MAX} characters", field="q")
+        raise ClientError(N_("q must be at most %(max)d characters"), field="q",
+                          params={"max": Q_MAX})  # fmt: skip
     raw_limit = params.get("limit") or str(limit_default)
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= limit_max:
-        raise ClientError(f"limit must be a whole number from 1 to {limit_max}", field="limit")
+        raise ClientError(N_("limit must be a whole number from 1 to %(max)d"), field="limit",
+                          params={"max": limit_max})  # fmt: skip
     query = ItemQuery(
         now=node.now_text(), statuses=statuses, kind=_one_of(params, "kind", item_rules.KINDS),
         category=_one_of(params, "category", item_rules.CATEGORIES), q=q or None,
-        origin=_one_of(params, "origin", ORIGINS) or "all", item_id=params.get("id") or None,
+        origin=_origin(params, node), item_id=params.get("id") or None, near=_near(params),
         limit=int(raw_limit),
     )  # fmt: skip
     if user is None:
@@ -95,6 +99,28 @@ def item_query(request: Request, *, limit_default: int, limit_max: int) -> ItemQ
         else:
             query.after = (value["a"][0], value["a"][1])
     return query
+
+
+def _origin(params, node) -> str:
+    """`origin`: local, remote, all, or one group's base URL (this node's or a known peer's)."""
+    value = params.get("origin") or "all"
+    if value in ORIGINS or value == node.config.base_url or value in node.peer_names:
+        return value
+    raise ClientError(N_("origin must be local, remote, all or the base URL of a known group"),
+                      field="origin")  # fmt: skip
+
+
+def _near(params) -> str | None:
+    """`near`: a geohash prefix (1 to 5 characters): items whose location lies within it."""
+    value = params.get("near") or ""
+    if not value:
+        return None
+    if not 1 <= len(value) <= item_rules.GEOHASH_MAX or any(
+        c not in item_rules.GEOHASH_ALPHABET for c in value
+    ):
+        raise ClientError(N_("near must be a geohash of 1 to %(max)d characters"), field="near",
+                          params={"max": item_rules.GEOHASH_MAX})  # fmt: skip
+    return value
 
 
 async def page_of_items(request: Request, query: ItemQuery):

@@ -29,9 +29,10 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from federation.items import N_
 from federation.timefmt import Clock, system_clock
 
-from . import api, federation_routes, responses, web, wellknown
+from . import api, atom, federation_routes, notifications, responses, web, wellknown
 from .config import Config
 from .errors import ClientError
 from .logs import AccessLog
@@ -106,9 +107,13 @@ class BodyLimit:
                 await self._refuse(scope, send, limit)
 
     async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
-        message = f"the request body is larger than this endpoint accepts ({limit} bytes)"
-        response = (JSONResponse({"error": message}, status_code=413) if wants_json(scope["path"])
-                    else Response(message, status_code=413, media_type="text/plain"))  # fmt: skip
+        template = N_("the request body is larger than this endpoint accepts (%(limit)d bytes)")
+        if wants_json(scope["path"]):
+            response = JSONResponse({"error": template % {"limit": limit}}, status_code=413)
+        else:  # a page: in the language of its Accept-Language (no session is looked up here)
+            gettext = scope["app"].state.templates.gettext(Request(scope))
+            response = Response(gettext(template) % {"limit": limit}, status_code=413,
+                                media_type="text/plain")  # fmt: skip
         await response({"type": "http"}, _no_receive, send)
 
 
@@ -144,13 +149,13 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _error_response(request: Request, status: int, message: str, body: dict, headers: dict):
+def _error_response(request: Request, status: int, error: ClientError, body: dict, headers: dict):
     if wants_json(request.url.path):
         return JSONResponse(body, status_code=status, headers=headers)
     templates: Templates = request.app.state.templates
     if not hasattr(request.state, "user"):
         request.state.user = None
-    message = templates.gettext(request)(message)
+    message = error.translated(templates.gettext(request))
     response = templates.render(
         request, "error.html", {"status": status, "message": message}, status_code=status
     )
@@ -159,13 +164,13 @@ def _error_response(request: Request, status: int, message: str, body: dict, hea
 
 
 async def client_error(request: Request, error: ClientError) -> Response:
-    return _error_response(request, error.status, error.message, error.body(), error.headers())
+    return _error_response(request, error.status, error, error.body(), error.headers())
 
 
 async def http_error(request: Request, error: HTTPException) -> Response:
-    messages = {404: "not found", 405: "method not allowed"}
+    messages = {404: N_("not found"), 405: N_("method not allowed")}
     message = messages.get(error.status_code, str(error.detail))
-    return _error_response(request, error.status_code, message, {"error": message},
+    return _error_response(request, error.status_code, ClientError(message), {"error": message},
                            dict(error.headers or {}))  # fmt: skip
 
 
@@ -173,8 +178,9 @@ async def server_error(request: Request, error: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     if wants_json(request.url.path):
         return JSONResponse({"error": "internal error"}, status_code=500)
-    return Response("Something went wrong on this node. It has been logged.", status_code=500,
-                    media_type="text/plain")  # fmt: skip
+    gettext = request.app.state.templates.gettext(request)
+    return Response(gettext(N_("Something went wrong on this node. It has been logged.")),
+                    status_code=500, media_type="text/plain")  # fmt: skip
 
 
 async def _expire(node: Node) -> None:
@@ -213,6 +219,7 @@ def _workers(node: Node) -> list[asyncio.Task]:
         run_rounds(lambda: _escalate(node), asyncio.Event(), escalation_interval, "escalation",
                    node.stopping),
         node.allies.run(), node.allies.run_delivery(), node.responses.run(),
+        node.notifications.run(),
     ]  # fmt: skip
     if node.feed.hold is not None:
         # Its own stop: set by the node's shutdown, or once the hold has lifted.
@@ -229,6 +236,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     them by hand with an injected clock)."""
     node = Node(config, clock=clock)
     node.responses = responses.Responses(node)
+    node.notifications = notifications.Notifications(node)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -258,6 +266,8 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
         *api.routes,
         *federation_routes.routes,
         *responses.routes,
+        *notifications.routes,
+        *atom.routes,
         *web.routes,
         Mount("/static", app=StaticFiles(directory=static_dir), name="static"),
     ]

@@ -9,7 +9,7 @@ the same list, so they cannot drift apart.
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_format", str, "text", "Log lines as `text` or `json`."),
     Setting("session_days", int, 30, "Days a login stays valid.", minimum=1),
+    # Notification emails (server/notifications.py): none while smtp_host is empty.
+    Setting("smtp_host", str, "", "SMTP server that sends notification emails; empty: no email is sent."),
+    Setting("smtp_port", int, 587, "Port of the SMTP server (465: TLS from the first byte).", minimum=1),
+    Setting("smtp_username", str, "", "User name for logging in to the SMTP server; empty: no login."),
+    Setting(
+        "smtp_password", str, "",
+        "Password for the SMTP server. Set it in the environment (`AIDNODE_SMTP_PASSWORD`), not in the file.",
+    ),
+    Setting("smtp_from", str, "", "The From address of notification emails (needed with `smtp_host`)."),
+    Setting(
+        "smtp_starttls", bool, True,
+        "Require STARTTLS on the SMTP connection (turn off only for a server on this machine).",
+    ),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -82,6 +95,12 @@ class Config:
     allow_private_addresses: bool
     log_format: str
     session_days: int
+    smtp_host: str
+    smtp_port: int
+    smtp_username: str
+    smtp_password: str = field(repr=False)  # never in a log line
+    smtp_from: str
+    smtp_starttls: bool
 
     @property
     def database_path(self) -> Path:
@@ -161,6 +180,8 @@ def load_config(
         raise ConfigError("log_format must be text or json")
     if not values["name"].strip():
         raise ConfigError("name must not be empty")
+    if values["smtp_host"] and "@" not in values["smtp_from"]:
+        raise ConfigError("smtp_from must be an email address when smtp_host is set")
     try:
         parse_base_url(values["base_url"], allow_private_addresses=values["allow_private_addresses"])
     except BaseUrlError as error:

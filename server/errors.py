@@ -16,16 +16,49 @@
 One handler (in `server.app`) renders them as `{"error": message}` for the API and federation
 routes and as the error page for everything else. Anything else that escapes a handler is
 logged and answered with a plain 500 that reveals nothing.
+
+A message is an English template, marked with `N_` when a page may show it, and `params` fill
+it: programs get it in English (`message`), pages in the reader's language
+(`translated(gettext)`), with the protocol's own words among the values (field names,
+statuses) translated too.
 """
+
+from collections.abc import Callable
+
+from federation.items import N_
+
+# Values that messages fill in and a page shows in its language: "%(field)s must not be empty".
+PAGE_WORDS = frozenset((
+    N_("title"), N_("body"), N_("kind"), N_("category"), N_("tags"), N_("quantity"),
+    N_("location"), N_("location.label"), N_("location.geohash"), N_("urgency"),
+    N_("escalation"), N_("reach"), N_("hop_limit"), N_("expires"), N_("share_author"),
+    N_("status"), N_("display_name"), N_("username"), N_("password"), N_("message"),
+    N_("contact"), N_("open"), N_("promised"), N_("fulfilled"), N_("withdrawn"), N_("expired"),
+    N_("pending"), N_("accepted"), N_("declined"), N_("gone"),
+))  # fmt: skip
 
 
 class ClientError(Exception):
     status = 400
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, field: str | None = None,
+                 params: dict[str, object] | None = None) -> None:  # fmt: skip
+        self.template = message
+        self.params = dict(params or {})
+        self.message = message % self.params if self.params else message
+        super().__init__(self.message)
         self.field = field
+
+    def translated(self, gettext: Callable[[str], str]) -> str:
+        """The message as a page shows it, in the language `gettext` translates to."""
+        if not self.params:
+            return gettext(self.template)
+        values = {name: gettext(value) if isinstance(value, str) and value in PAGE_WORDS else value
+                  for name, value in self.params.items()}  # fmt: skip
+        try:
+            return gettext(self.template) % values
+        except (KeyError, ValueError, TypeError):  # a translation that names other values
+            return self.message
 
     def body(self) -> dict:
         body = {"error": self.message}

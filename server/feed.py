@@ -126,7 +126,8 @@ class Feed:
         again. Without it, they are read.
         """
         if await self.held(db) is not None:
-            raise Unavailable(f"this node's feed is on hold, so nothing can be published now: {self.hold}")
+            raise Unavailable(item_rules.N_("this node's feed is on hold, so nothing can be "
+                                            "published now: %(reason)s"), params={"reason": self.hold})  # fmt: skip
         tip = self._tip
         if generation is not None and key is None and tip is not None and tip[0] == generation:
             head, current = tip[1], tip[2]

@@ -24,7 +24,14 @@ from federation.keys import generate_key, parse_public_key, save_key
 from federation.timefmt import Clock, format_time, parse_time, system_clock
 
 from . import __version__
-from .accounts import Passwords, RateLimiter, check_new_password, new_secret, secret_hash
+from .accounts import (
+    PASSWORD_PARAMS,
+    Passwords,
+    RateLimiter,
+    check_new_password,
+    new_secret,
+    secret_hash,
+)
 from .allies import Allies
 from .config import (
     CONFIG_FILE,
@@ -127,6 +134,7 @@ class ItemView:
     origin_name: str
     can_edit: bool
     via_names: tuple[str, ...] = ()  # the relaying groups' names, for a relayed copy
+    age_seconds: int = 0  # since it was posted, when the view was made
 
     @property
     def state(self) -> dict:
@@ -248,10 +256,10 @@ class Node:
                 "display_name", display_name or username, max_len=item_rules.AUTHOR_MAX
             )
         except ValidationError as error:
-            raise Invalid(str(error), field="display_name") from None
+            raise Invalid(error.message, field="display_name", params=error.params) from None
         problem = check_new_password(password)
         if problem:
-            raise Invalid(problem, field="password")
+            raise Invalid(problem, field="password", params=PASSWORD_PARAMS)
         if role not in ROLES:
             raise Invalid(N_("unknown role"), field="role")
         password_hash = await self.passwords.hash(password)
@@ -382,6 +390,12 @@ class Node:
                                        target=target.username)  # fmt: skip
         return await self.store.user_by_id(user_id)
 
+    async def set_language(self, user: User, language: str | None) -> None:
+        """A member's language for pages (one with a catalog, checked by the page); None: the
+        browser's Accept-Language decides."""
+        async with self.store.write() as db:
+            await self.store.set_user_language(db, user.id, language or None)
+
     # ------------------------------------------------------------------------ items
 
     def _author_for(self, display_name: str, share_author: bool):
@@ -398,7 +412,9 @@ class Node:
         )
         origin_name = self.config.name if row.is_local else self.peer_names.get(row.origin, row.origin)
         via_names = tuple(self.peer_names.get(url, url) for url in row.via or ())
-        return ItemView(row=row, origin_name=origin_name, can_edit=can_edit, via_names=via_names)
+        age = max(0, int((self.now() - parse_time(row.state["created"])).total_seconds()))
+        return ItemView(row=row, origin_name=origin_name, can_edit=can_edit, via_names=via_names,
+                        age_seconds=age)  # fmt: skip
 
     def local_id(self, item_uuid: str) -> str:
         return f"{self.config.base_url}/items/{item_uuid}"
@@ -424,7 +440,7 @@ class Node:
                 author=self._author_for(user.display_name, share_author),
             )  # fmt: skip
         except ValidationError as error:
-            raise Invalid(str(error), field=error.field) from None
+            raise Invalid(error.message, field=error.field, params=error.params) from None
         escalation = (inp.escalation or "after_delay") if state["kind"] == "need" else None
         self._warn_of_contact(state, escalation, contact_ok)
         async with self.store.write() as db:
@@ -457,7 +473,7 @@ class Node:
             try:
                 inp = item_rules.parse_item_input(data, partial=True)
             except ValidationError as error:
-                raise Invalid(str(error), field=error.field) from None
+                raise Invalid(error.message, field=error.field, params=error.params) from None
             owner = await self.store.user_by_id(row.owner_id) if row.owner_id else None
             share_author = row.share_author if inp.share_author is None else inp.share_author
             try:
@@ -467,7 +483,7 @@ class Node:
                                             row.state["author"], share_author),
                 )  # fmt: skip
             except ValidationError as error:
-                raise Invalid(str(error), field=error.field) from None
+                raise Invalid(error.message, field=error.field, params=error.params) from None
             escalation = row.escalation
             if inp.escalation is not None:
                 escalation = inp.escalation

@@ -85,7 +85,12 @@ def openapi_document(node) -> dict:
                         query("q", {"type": "string", "maxLength": 200}, "Words to search for."),
                         query("status", {"enum": ["open", "promised", "fulfilled", "withdrawn"]},
                               "Default: open and promised."),
-                        query("origin", {"enum": ["local", "remote", "all"]}, "Default all."),
+                        query("origin", {"anyOf": [{"enum": ["local", "remote", "all"]},
+                                                   {"type": "string", "format": "uri"}]},
+                              "Default all; or one group's base URL (this node's or a known "
+                              "peer's)."),
+                        query("near", {"type": "string", "pattern": "^[0-9b-hjkmnp-z]{1,5}$"},
+                              "A geohash prefix: items located within it."),
                         query("id", {"type": "string"}, "One item by its id URL."),
                         query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "Default 50."),
                         query("cursor", {"type": "string"}, "The `next` of the previous page."),

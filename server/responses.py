@@ -88,7 +88,7 @@ def checked(error: type[ClientError], check, *args):
     try:
         return check(*args)
     except ValidationError as problem:
-        raise error(str(problem), field=problem.field) from None
+        raise error(problem.message, field=problem.field, params=problem.params) from None
 
 
 def parse_new_response(data: object) -> tuple[str, str, str]:
@@ -244,8 +244,10 @@ class Responses:
             )  # fmt: skip
         except FetchError as error:
             if str(error).startswith("timed out"):
-                raise GatewayTimeout(f"{origin} did not answer in time: try again later") from None
-            raise BadGateway(f"could not reach {origin}: {error}") from None
+                raise GatewayTimeout(N_("%(url)s did not answer in time: try again later"),
+                                     params={"url": origin}) from None
+            raise BadGateway(N_("could not reach %(url)s: %(error)s"),
+                             params={"url": origin, "error": str(error)}) from None
         self._check_delivery(reply, origin, response_id)
         async with self.store.write() as db:
             await db.execute(
@@ -264,7 +266,8 @@ class Responses:
                 answer = reply.json()
                 if isinstance(answer, dict) and answer.get("id") == response_id:
                     return
-            raise BadGateway(f"{origin} answered 202 without this response's id")
+            raise BadGateway(N_("%(url)s answered 202 without this response's id"),
+                             params={"url": origin})  # fmt: skip
         if reply.status == 404:
             raise NotFound(N_("the item's group no longer has this item"))
         if reply.status == 409:
@@ -276,7 +279,8 @@ class Responses:
             raise TooManyRequests(N_("the item's group has had many responses from this group "
                                      "lately: try again later"),
                                   retry_after=min(int(wait), 86400) if wait.isdigit() else 60)  # fmt: skip
-        raise BadGateway(f"{origin} answered {reply.status}: {_reason(reply)}")
+        raise BadGateway(N_("%(url)s answered %(status)s: %(reason)s"),
+                         params={"url": origin, "status": reply.status, "reason": _reason(reply)})  # fmt: skip
 
     async def _respond_here(self, user: "User", row, message: str, contact: str) -> str:
         """A response to one of this node's own items: stored as received, nothing sent."""
@@ -293,6 +297,9 @@ class Responses:
                 (response_id, self.node.config.base_url, user.display_name, row.state["id"],
                  message, contact, now, now, user.id),
             )  # fmt: skip
+            await self.node.notifications.response_received(
+                db, row, response_id, name=user.display_name, group=self.node.config.name)
+        self.node.notifications.wake()
         return response_id
 
     async def sent_by(self, user: "User", item_id: str | None = None) -> list[Sent]:
@@ -351,6 +358,11 @@ class Responses:
                 if rows[0][0] != signer.node:
                     raise Conflict("a response with this id is held already: choose a new uuid4",
                                    field="id")  # fmt: skip
+            else:  # the poster is told (server/notifications.py)
+                await node.notifications.response_received(
+                    db, row, message.id, name=message.name,
+                    group=node.peer_names.get(signer.node) or signer.node)  # fmt: skip
+        node.notifications.wake()
         log.info("response %s to %s from %s", message.id, message.item, message.node)
         return message.id
 
@@ -369,6 +381,9 @@ class Responses:
             if cursor.rowcount == 0:
                 raise NotFound("no response with this id was sent from this node to yours "
                                "for that item")  # fmt: skip
+            await self.node.notifications.sent_response_decided(db, response_id, state,
+                                                                origin=signer.node)  # fmt: skip
+        self.node.notifications.wake()
         return {"id": response_id, "state": state}
 
     async def received_for(self, user: "User", *, item_id: str | None = None) -> list[Received]:
@@ -397,7 +412,7 @@ class Responses:
         if current.state == state:
             return current
         if current.state != "pending":
-            raise Conflict(f"this response was already {current.state}")
+            raise Conflict(N_("this response was already %(state)s"), params={"state": current.state})
         node = self.node
         if state == "accepted":
             item = await self.store.item(current.item)
@@ -407,7 +422,8 @@ class Responses:
             if status == "open":
                 await node.change_item(user, current.item_uuid, {"status": "promised"})
             elif status != "promised":
-                raise Conflict(f"this item is {status or 'gone'}: it can no longer be promised")
+                raise Conflict(N_("this item is %(status)s: it can no longer be promised"),
+                               params={"status": status or "gone"})  # fmt: skip
         now = node.now_text()
         async with self.store.write() as db:
             cursor = await db.execute(
@@ -426,7 +442,10 @@ class Responses:
             if cursor.rowcount:
                 await self.store.audit(db, now=now, actor=user, action=f"response.{DECISION_VERBS[state]}",
                                        target=current.item, detail=f"from {current.from_node}")  # fmt: skip
+            if cursor.rowcount and current.from_node == node.config.base_url:  # a member here
+                await node.notifications.response_decided_here(db, response_id, state)
         self.wake()
+        node.notifications.wake()
         rows = await self.store.fetch_all(RECEIVED_SQL + " AND r.id = ?", (response_id,))
         return self._received(rows[0])
 
@@ -625,7 +644,7 @@ async def respond_page(request: Request) -> Response:
         responding = await node.responses.for_item(view, user)
         responding.values = values
         responding.errors = {error.field if error.field in values else "form":
-                             translate(error.message)}  # fmt: skip
+                             error.translated(translate)}  # fmt: skip
         response = _render(request, "items/respond.html",
                            {"view": view, "responding": responding}, status_code=error.status)  # fmt: skip
         response.headers.update(error.headers())

@@ -202,6 +202,8 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
         found = await node.session(cookie)
         if found is not None:
             request.state.user, request.state.csrf_token = found
+            # For the page header's "Notifications (n)" (server/notifications.py).
+            request.state.unread_notifications = await node.notifications.unread_count(found[0])
             return
     # A visitor: a double-submit CSRF token in its own cookie protects the login and join forms.
     token = request.cookies.get(csrf_cookie_name(request))

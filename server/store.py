@@ -41,6 +41,7 @@ class User:
     role: str
     disabled: bool
     created: str
+    language: str | None = None  # chosen on the account page; None: the browser's
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def _user(row: aiosqlite.Row | None) -> User | None:
     if row is None:
         return None
     return User(row["id"], row["username"], row["display_name"], row["role"],
-                bool(row["disabled"]), row["created"])  # fmt: skip
+                bool(row["disabled"]), row["created"], row["language"])  # fmt: skip
 
 
 def _item(row: aiosqlite.Row) -> ItemRow:
@@ -128,7 +129,7 @@ def _item(row: aiosqlite.Row) -> ItemRow:
     )  # fmt: skip
 
 
-USER_COLUMNS = "id, username, display_name, role, disabled, created"
+USER_COLUMNS = "id, username, display_name, role, disabled, created, language"
 ITEM_COLUMNS = "row, state, origin, is_local, owner_id, escalation, share_author, via"
 
 
@@ -462,6 +463,10 @@ class Store:
     async def set_user_role(self, db: aiosqlite.Connection, user_id: int, role: str) -> None:
         await db.execute("UPDATE users SET role = ? WHERE id = ?", (role, user_id))
 
+    async def set_user_language(self, db: aiosqlite.Connection, user_id: int,
+                                language: str | None) -> None:  # fmt: skip
+        await db.execute("UPDATE users SET language = ? WHERE id = ?", (language, user_id))
+
     async def set_user_disabled(self, db: aiosqlite.Connection, user_id: int, disabled: bool) -> None:
         await db.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
         if disabled:
@@ -583,7 +588,7 @@ class Store:
 
     async def audit_entries(self, limit: int = 200) -> list[aiosqlite.Row]:
         return await self.fetch_all(
-            "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?",
+            "SELECT at, actor_id, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?",
             (limit,),
         )
 
@@ -1027,6 +1032,7 @@ class ItemQuery:
     after: tuple[str, int] | None = None
     offset: int = 0
     public_only: bool = False
+    near: str | None = None  # a geohash prefix
 
     def sql(self) -> tuple[str, tuple[Any, ...]]:
         where = ["1"]
@@ -1045,6 +1051,12 @@ class ItemQuery:
             where.append("i.is_local")
         elif self.origin == "remote":
             where.append("NOT i.is_local")
+        elif self.origin != "all":  # one group, by its base URL
+            where.append("i.origin = ?")
+            params.append(self.origin)
+        if self.near is not None:  # geohashes hold only [0-9a-z]: no LIKE wildcards in them
+            where.append("substr(i.geohash, 1, ?) = ?")
+            params.extend([len(self.near), self.near])
         if self.public_only:
             where.append("i.is_local AND i.kind = 'offer' AND i.status = 'open' AND i.reach != 'local'")
         join = ""

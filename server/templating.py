@@ -3,7 +3,9 @@
 Every user-facing string in the templates goes through `_()` / `{% trans %}`, and Python code
 marks its messages with `N_` and translates them when a page shows them, so a language is added
 by adding a catalog (`server/locale/<lang>/LC_MESSAGES/aidnode.mo`), without touching templates.
-The language comes from `Accept-Language` (a member setting comes later); English is the source.
+The language is the member's own choice (`users.language`, on the account page) or else the
+browser's `Accept-Language`, in which case the page says `Vary: Accept-Language`; English is the
+source. `scripts/i18n` extracts the strings and updates and compiles the catalogs.
 """
 
 import gettext
@@ -18,6 +20,8 @@ from federation import items as item_rules
 
 DOMAIN = "aidnode"
 DEFAULT_LANGUAGE = "en"
+# Each language by its own name, as the account page offers it (never translated).
+LANGUAGE_NAMES = {"en": "English", "es": "Español"}
 
 
 def _locale_dir() -> Path:
@@ -79,11 +83,25 @@ class Templates:
             )
             env.install_gettext_translations(self.translations(language), newstyle=True)
             env.globals["rules"] = item_rules
+            env.globals["language_choices"] = [(code, LANGUAGE_NAMES.get(code, code))
+                                               for code in self._languages]  # fmt: skip
             self._envs[language] = env
         return env
 
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages this node has catalogs for (English always)."""
+        return self._languages
+
+    def choose_language(self, request: Request) -> tuple[str, bool]:
+        """(language, whether it came from Accept-Language): the member's setting wins."""
+        chosen = getattr(getattr(request.state, "user", None), "language", None)
+        if chosen in self._languages:
+            return chosen, False
+        return negotiate_language(request.headers.get("accept-language", ""), self._languages), True
+
     def language(self, request: Request) -> str:
-        return negotiate_language(request.headers.get("accept-language", ""), self._languages)
+        return self.choose_language(request)[0]
 
     def gettext(self, request: Request):
         """The plain `gettext` for Python-side messages in the request's language."""
@@ -92,7 +110,7 @@ class Templates:
     def render(
         self, request: Request, name: str, context: dict | None = None, status_code: int = 200
     ) -> HTMLResponse:
-        language = self.language(request)
+        language, from_header = self.choose_language(request)
         node = request.app.state.node
         values = {
             "request": request,
@@ -101,7 +119,11 @@ class Templates:
             "user": getattr(request.state, "user", None),
             "csrf_token": getattr(request.state, "csrf_token", None),
             "public_offers": node.config.public_offers,
+            "unread_notifications": getattr(request.state, "unread_notifications", 0),
         }
         values.update(context or {})
         html = self.environment(language).get_template(name).render(values)
-        return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
+        response = HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
+        if from_header:
+            response.headers.add_vary_header("Accept-Language")
+        return response

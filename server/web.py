@@ -30,6 +30,7 @@ from .errors import (
 )
 from .matching import matches_for
 from .node import ROLES, has_role
+from .notifications import account_context
 from .responses import item_responses
 from .routing import client_address, page, session_cookie_name
 from .store import ItemQuery, Peer
@@ -52,8 +53,10 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def translate(request: Request, message: str) -> str:
-    return request.app.state.templates.gettext(request)(message)
+def translate(request: Request, message: str | ClientError) -> str:
+    """A message in the page's language; an error's with its values filled in."""
+    gettext = request.app.state.templates.gettext(request)
+    return message.translated(gettext) if isinstance(message, ClientError) else gettext(message)
 
 
 # ---------------------------------------------------------------------------- home, login
@@ -71,9 +74,23 @@ async def home(request: Request) -> Response:
         return render(request, "home.html", context)
     now = node.now_text()
     context["my_items"] = await node.list_items(ItemQuery(now=now, owner_id=user.id, limit=10), user)
+    # For each of my open needs, what might meet it; responses waiting for my decision; what
+    # became of the responses I sent.
+    my_needs = [view for view in context["my_items"]
+                if view.state["kind"] == "need" and view.state["status"] == "open"]  # fmt: skip
+    context["need_matches"] = [(view, await matches_for(node, view, user, limit=3))
+                               for view in my_needs[:5]]  # fmt: skip
+    received = await node.responses.received_for(user)
+    context["responses_waiting"] = [r for r in received
+                                    if r.state == "pending" and _owned(context["my_items"], r.item)][:10]  # fmt: skip
+    context["my_responses"] = (await node.responses.sent_by(user))[:5]
     context["recent_needs"] = await node.list_items(ItemQuery(now=now, kind="need", limit=8), user)
     context["recent_offers"] = await node.list_items(ItemQuery(now=now, kind="offer", limit=8), user)
     return render(request, "home.html", context)
+
+
+def _owned(views: list, item_id: str) -> bool:
+    return any(view.state["id"] == item_id for view in views)
 
 
 def _set_session_cookie(request: Request, response: Response, token: str) -> None:
@@ -100,7 +117,7 @@ async def login(request: Request) -> Response:
     except (Unauthorized, TooManyRequests) as error:
         response = render(
             request, "auth/login.html",
-            {"next": next_url, "error": translate(request, error.message), "username": username},
+            {"next": next_url, "error": translate(request, error), "username": username},
             status_code=error.status,
         )  # fmt: skip
         response.headers.update(error.headers())
@@ -145,7 +162,7 @@ async def join(request: Request) -> Response:
                     password=password, role="member", invite_code=code,
                 )  # fmt: skip
             except ClientError as error:
-                errors[error.field or "username"] = translate(request, error.message)
+                errors[error.field or "username"] = translate(request, error)
             else:
                 response = redirect("/")
                 _set_session_cookie(request, response, await node.new_session(user))
@@ -165,8 +182,10 @@ async def browse(request: Request) -> Response:
     next_url = None
     if next_cursor:
         next_url = "/items?" + urlencode({**params, "cursor": next_cursor})
+    node = request.app.state.node
+    groups = sorted(node.peer_names.items(), key=lambda pair: pair[1].casefold())
     return render(request, "items/list.html", {
-        "items": views, "filters": params, "next_url": next_url,
+        "items": views, "filters": params, "next_url": next_url, "groups": groups,
     })  # fmt: skip
 
 
@@ -257,7 +276,7 @@ async def new_item(request: Request) -> Response:
     except Invalid as error:
         return render(request, "items/form.html", {
             "values": _form_values(form, None), "view": None,
-            "errors": {_field_name(error.field): translate(request, error.message)},
+            "errors": {_field_name(error.field): translate(request, error)},
         }, status_code=422)  # fmt: skip
     return redirect(f"/items/{view.uuid}")
 
@@ -277,7 +296,7 @@ async def show_item(request: Request) -> Response:
     matches = await matches_for(node, view, request.state.user)
     response = render(request, "items/show.html", {"view": view, "matches": matches,
                       **await item_responses(node, view, request.state.user)})  # fmt: skip
-    response.headers["Vary"] = "Accept"
+    response.headers.add_vary_header("Accept")
     return response
 
 
@@ -298,7 +317,7 @@ async def edit_item(request: Request) -> Response:
     except Invalid as error:
         return render(request, "items/form.html", {
             "values": _form_values(form, view.state, view), "view": view,
-            "errors": {_field_name(error.field): translate(request, error.message)},
+            "errors": {_field_name(error.field): translate(request, error)},
         }, status_code=422)  # fmt: skip
     return redirect(f"/items/{view.uuid}")
 
@@ -340,9 +359,16 @@ async def account(request: Request) -> Response:
     token = None
     if request.method == "POST":
         form = await request.form()
+        if form.get("action") == "language":  # the language form; the other makes a token
+            language = str(form.get("language", ""))
+            if language and language not in request.app.state.templates.languages:
+                raise Invalid(N_("this node has no such language"), field="language")
+            await node.set_language(request.state.user, language or None)
+            return redirect("/account#language")
         label = str(form.get("label", "")).strip()[:80]
         token = await node.new_api_token(request.state.user, label)
-    return render(request, "account.html", {"token": token})
+    return render(request, "account.html",
+                  {"token": token, **await account_context(node, request.state.user)})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- admin
@@ -450,7 +476,7 @@ async def peers(request: Request) -> Response:
         peer, created = await node.allies.add_peer(url, request.state.user)
     except (Invalid, BadGateway) as error:  # a bad address, or a node that cannot be read
         return await _peers_page(request, values={"url": url},
-                                 errors={"url": translate(request, error.message)},
+                                 errors={"url": translate(request, error)},
                                  status_code=error.status)  # fmt: skip
     query = {"added": peer.id, **({} if created else {"known": 1})}
     return redirect(f"/admin/peers?{urlencode(query)}#peer-{peer.id}")

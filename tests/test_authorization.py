@@ -30,6 +30,10 @@ EXPECTED = {
     ("POST", "/items/{uuid}/respond"): "member",
     ("POST", "/responses/{id}"): "member",
     ("GET", "/my/responses"): "member",
+    ("GET", "/notifications"): "member",
+    ("POST", "/account/email"): "member",
+    # Anyone, but only while public_offers is on: 404 otherwise, members too (server/atom.py).
+    ("GET", "/offers.atom"): "anyone",
     ("GET", "/account"): "member",
     ("POST", "/account"): "member",
     ("GET", "/coordinate"): "coordinator",
