@@ -48,6 +48,10 @@ from .metrics import Metrics
 from .store import ItemQuery, ItemRow, Store, User
 
 log = logging.getLogger("aidnode")
+# Requests a minute to /federation/…: enough for a busy ally pushing each entry as it is
+# made and pulling pages, far below what would crowd out members' requests.
+FEDERATION_PER_ADDRESS_PER_MINUTE = 1200
+FEDERATION_PER_NODE_PER_MINUTE = 600
 
 ROLES = ("member", "coordinator", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
@@ -57,6 +61,7 @@ FIRST_ADMIN_INVITE_DAYS = 1
 LOGIN_FAILURES_PER_ACCOUNT = 5
 LOGIN_FAILURES_PER_ADDRESS = 20
 LOGIN_WINDOW_SECONDS = 15 * 60
+TOKEN_USE_NOTED_EVERY = 60  # seconds: an API token's `last_used` is this fine
 
 
 class NodeExists(Exception):
@@ -171,6 +176,9 @@ class Node:
         self.passwords = Passwords()
         self.login_by_account = RateLimiter(LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW_SECONDS)
         self.login_by_address = RateLimiter(LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_SECONDS)
+        # Federation endpoints, per client address and per signing node (server/routing.py).
+        self.federation_by_address = RateLimiter(FEDERATION_PER_ADDRESS_PER_MINUTE, 60)
+        self.federation_by_node = RateLimiter(FEDERATION_PER_NODE_PER_MINUTE, 60)
         self.cookie_suffix = cookie_suffix(config.base_url)
         self.allies: Allies | None = None
         self.peer_names: dict[str, str] = {}  # base URL → the group's name, for views
@@ -318,6 +326,44 @@ class Node:
     async def logout(self, token: str) -> None:
         await self.store.delete_session(secret_hash(token))
 
+    async def delete_expired_sessions(self) -> int:
+        """Forget sessions past their time (the expiry worker, server/app.py)."""
+        return await self.store.delete_expired_sessions(self.now_text())
+
+    async def change_password(self, user: User, current: str, new: str, client: str) -> str:
+        """Set a member's new password, given their current one; return a new session cookie
+        value. Every session of the member ends, on every device, and the one in use is
+        re-issued: a session someone else holds dies with the old password.
+
+        A wrong current password counts as a failed login does (per account and per client
+        address, the same budget as `login`): past the limit the answer is 429 whether or not
+        it is right, so a borrowed session cannot be used to guess the password.
+        """
+        wait = max(self.login_by_account.retry_after(user.username),
+                   self.login_by_address.retry_after(client))  # fmt: skip
+        if wait > 0:
+            raise TooManyRequests(N_("too many wrong passwords: try again later"), retry_after=wait)
+        if not await self.passwords.verify(current or "", await self.store.password_hash(user.id)):
+            self.login_by_account.hit(user.username)
+            self.login_by_address.hit(client)
+            raise Invalid(N_("this is not your current password"), field="current_password")
+        problem = check_new_password(new)
+        if problem:
+            raise Invalid(problem, field="new_password", params=PASSWORD_PARAMS)
+        password_hash = await self.passwords.hash(new)
+        token = new_secret()
+        now = self.now()
+        async with self.store.write() as db:
+            await self.store.set_password_hash(db, user.id, password_hash)
+            await self.store.insert_session(
+                db, token_hash=secret_hash(token), user_id=user.id, csrf_token=new_secret(),
+                now=format_time(now),
+                expires=format_time(now + timedelta(days=self.config.session_days)),
+            )  # fmt: skip
+            await self.store.audit(db, now=format_time(now), actor=user, action="user.password",
+                                   target=user.username)  # fmt: skip
+        return token
+
     async def new_api_token(self, user: User, label: str = "") -> str:
         token = new_secret()
         await self.store.add_api_token(
@@ -326,7 +372,34 @@ class Node:
         return token
 
     async def user_for_api_token(self, token: str) -> User | None:
-        return await self.store.user_by_api_token(secret_hash(token))
+        """The member a live token acts for, or None; notes when it was used (to the minute,
+        so a busy program does not write on every request)."""
+        found = await self.store.api_token_in_use(secret_hash(token))
+        if found is None:
+            return None
+        user, token_id, last_used = found
+        now = self.now()
+        if last_used is None or last_used < format_time(now - timedelta(seconds=TOKEN_USE_NOTED_EVERY)):
+            await self.store.touch_api_token(token_id, format_time(now))
+        return user
+
+    async def api_tokens(self, owner_id: int) -> list:
+        """A member's live API tokens: id, label, created, last_used."""
+        return await self.store.api_tokens_of(owner_id)
+
+    async def revoke_api_token(self, actor: User, owner_id: int, token_id: int) -> None:
+        """A member revokes one of their own tokens, or an admin one of anyone's (audited).
+        A token that is not the owner's, or no longer live, is NotFound either way."""
+        if actor.id != owner_id and not has_role(actor, "admin"):
+            raise Forbidden(N_("only its owner or an admin may revoke an API token"))
+        owner = await self.store.user_by_id(owner_id)
+        if owner is None:
+            raise NotFound(N_("no such member"))
+        async with self.store.write() as db:
+            if not await self.store.revoke_api_token(db, token_id, owner_id):
+                raise NotFound(N_("no such API token"))
+            await self.store.audit(db, now=self.now_text(), actor=actor, action="token.revoke",
+                                   target=owner.username, detail=str(token_id))  # fmt: skip
 
     async def new_invite(
         self, role: str, by: User | None, *, days: int = INVITE_DAYS

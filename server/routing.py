@@ -47,7 +47,7 @@ from federation.keys import parse_public_key
 from federation.strictjson import loads_strict
 
 from .accounts import new_secret, same_secret
-from .errors import ClientError, Forbidden, PayloadTooLarge, Unauthorized
+from .errors import ClientError, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
 from .node import ROLES, has_role
 
 ACCESS_LEVELS = (
@@ -175,6 +175,11 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
     request.state.csrf_token = None
     request.state.new_csrf_cookie = None
     if surface == "federation":
+        # Floods: a client address is limited before any work (parsing, signature checks),
+        # and a node, once identified, on its own: either answers 429 with Retry-After, which
+        # a node's delivery takes as "back off" (DESIGN §4.6).
+        _limit(node.federation_by_address, client_address(request),
+               N_("too many requests from your address: slow down"))  # fmt: skip
         signed = "signature" in request.headers or "signature-input" in request.headers
         if access == "feed_reader" and node.config.feed_public and not signed:
             return
@@ -183,6 +188,8 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
             signers = INBOX_SIGNERS.get(await inbox_message_type(request), "trusted")
         request.state.peer = await identify_node(request, any_node=signers == "any",
                                                  pinned=signers == "pinned")  # fmt: skip
+        _limit(node.federation_by_node, request.state.peer.node,
+               N_("too many requests from your node: slow down"))  # fmt: skip
         return
     if surface == "api" or (surface == "public" and "authorization" in request.headers):
         header = request.headers.get("authorization", "")
@@ -211,6 +218,14 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
         token = new_secret()
         request.state.new_csrf_cookie = token
     request.state.csrf_token = token
+
+
+def _limit(limiter, key: str, message: str) -> None:
+    """Count a request against `limiter`; TooManyRequests once `key` is over its limit."""
+    wait = limiter.retry_after(key)
+    if wait > 0:
+        raise TooManyRequests(message, retry_after=int(wait) + 1)
+    limiter.hit(key)
 
 
 def allowed(request: Request, access: str) -> bool:
