@@ -659,7 +659,11 @@ class Allies:
                 origins=await self.store.origin_keys_in(db, origins),
             )  # fmt: skip
             for raw in entries:
-                if isinstance(raw, dict) and type(raw.get("seq")) is int and raw["seq"] <= chain.seq:
+                # Only a seq from 1 can be held already: an entry numbered 0 or below is no
+                # entry at all, refused by the chain check below rather than skipped as held
+                # (skipped, a push of them was answered 200 and a page of them read as success).
+                seq = raw.get("seq") if isinstance(raw, dict) else None
+                if type(seq) is int and 1 <= seq <= chain.seq:
                     problem = _overlap_fork(chain, raw)  # held already: a page or push that
                     if problem is not None:              # overlaps, unless it contradicts ours
                         break

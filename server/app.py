@@ -32,7 +32,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from federation.items import N_
 from federation.timefmt import Clock, system_clock
 
-from . import api, atom, federation_routes, notifications, responses, web, wellknown
+from . import (
+    account_security,
+    api,
+    atom,
+    federation_routes,
+    notifications,
+    responses,
+    web,
+    wellknown,
+)
 from .config import Config
 from .errors import ClientError
 from .logs import AccessLog
@@ -187,6 +196,7 @@ async def _expire(node: Node) -> None:
     count = await node.expire_due_items()
     if count:
         log.info("expired %d items", count)
+    await node.delete_expired_sessions()
 
 
 async def _escalate(node: Node) -> None:
@@ -267,6 +277,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
         *federation_routes.routes,
         *responses.routes,
         *notifications.routes,
+        *account_security.routes,
         *atom.routes,
         *web.routes,
         Mount("/static", app=StaticFiles(directory=static_dir), name="static"),

@@ -430,9 +430,11 @@ async def notifications_page(request: Request) -> Response:
 
 
 async def account_context(node: "Node", user: "User") -> dict:
-    """What the account page shows about email (see `templates/account.html`)."""
+    """What the account page shows about email, and the member's API tokens (see
+    `templates/account.html`; server/account_security.py revokes them)."""
     return {"email": await node.notifications.email_of(user),
-            "email_sending": bool(node.config.smtp_host)}  # fmt: skip
+            "email_sending": bool(node.config.smtp_host),
+            "tokens": await node.api_tokens(user.id)}  # fmt: skip
 
 
 async def set_email_page(request: Request) -> Response:

@@ -499,9 +499,27 @@ class Store:
         async with self.write() as db:
             await db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
 
-    async def delete_expired_sessions(self, now: str) -> None:
+    async def delete_expired_sessions(self, now: str) -> int:
         async with self.write() as db:
-            await db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            cursor = await db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            return cursor.rowcount
+
+    async def insert_session(
+        self, db: aiosqlite.Connection, *, token_hash: str, user_id: int, csrf_token: str,
+        now: str, expires: str,
+    ) -> None:
+        """`add_session` inside the caller's transaction."""
+        await db.execute(
+            "INSERT INTO sessions (token_hash, user_id, csrf_token, created, expires)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (token_hash, user_id, csrf_token, now, expires),
+        )
+
+    async def set_password_hash(self, db: aiosqlite.Connection, user_id: int,
+                                password_hash: str) -> None:  # fmt: skip
+        """A new password ends every session of the member (the caller opens a new one)."""
+        await db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+        await db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
 
     async def add_api_token(self, *, token_hash: str, user_id: int, label: str, now: str) -> None:
         async with self.write() as db:
@@ -519,6 +537,35 @@ class Store:
                 (token_hash,),
             )
         )
+
+    async def api_token_in_use(self, token_hash: str) -> tuple[User, int, str | None] | None:
+        """A live token's member, its id and when it was last used, or None."""
+        row = await self.fetch_one(
+            f"SELECT t.id AS token_id, t.last_used, {', '.join('u.' + c for c in USER_COLUMNS.split(', '))}"
+            " FROM api_tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.token_hash = ? AND NOT t.revoked AND NOT u.disabled",
+            (token_hash,),
+        )
+        return None if row is None else (_user(row), row["token_id"], row["last_used"])
+
+    async def touch_api_token(self, token_id: int, now: str) -> None:
+        async with self.write() as db:
+            await db.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, token_id))
+
+    async def api_tokens_of(self, user_id: int) -> list[aiosqlite.Row]:
+        """A member's live tokens, newest first (never their secrets: only hashes are kept)."""
+        return await self.fetch_all(
+            "SELECT id, label, created, last_used FROM api_tokens"
+            " WHERE user_id = ? AND NOT revoked ORDER BY created DESC, id DESC",
+            (user_id,),
+        )
+
+    async def revoke_api_token(self, db: aiosqlite.Connection, token_id: int, user_id: int) -> bool:
+        cursor = await db.execute(
+            "UPDATE api_tokens SET revoked = 1 WHERE id = ? AND user_id = ? AND NOT revoked",
+            (token_id, user_id),
+        )
+        return cursor.rowcount == 1
 
     # ------------------------------------------------------------------------ invites
 

@@ -164,6 +164,9 @@ async def join(request: Request) -> Response:
             except ClientError as error:
                 errors[error.field or "username"] = translate(request, error)
             else:
+                old = request.cookies.get(session_cookie_name(request))
+                if old:  # a new account gets a new session, never the one the browser had
+                    await node.logout(old)
                 response = redirect("/")
                 _set_session_cookie(request, response, await node.new_session(user))
                 return response

@@ -29,15 +29,18 @@ AT = "2026-11-24T17:00:00Z"
 
 
 class ScriptedPeer:
-    def __init__(self, name: str = "Scripted") -> None:
+    def __init__(self, name: str = "Scripted", description: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = name
+        self.description = description
         self.key = generate_key("main")
         self.entries: list[dict] = []
         self.subscribers: list[str] = []
         self.inbox_delay = 0.0  # seconds the inbox takes to answer a push
         self.pushed: list[dict] = []  # pushes answered, in order
+        self.feed_page: bytes | None = None  # when set, the feed answers these bytes instead
+        self.feed_reads = 0  # feed requests answered
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -53,8 +56,37 @@ class ScriptedPeer:
         """A relay entry passing `inner` on, this peer as the only relayer."""
         return self.append("relay", {"entry": inner, "path": [self.url]})
 
+    def sign(self, type: str, body: dict, *, seq: int, prev: str | None, key=None) -> dict:
+        """An entry of this peer's chain, signed (by `key`, default its own) but not appended:
+        for pushes, forks and entries signed with the wrong key."""
+        return sign_entry(origin=self.url, seq=seq, prev=prev, type=type, at=AT, body=body,
+                          key=key or self.key)  # fmt: skip
+
+    def signed(self, method: str, url: str, body: object = None, *, content: bytes | None = None,
+               now: datetime | None = None, nonce: str | None = None, key=None) -> httpx.Request:
+        """A request signed as this peer (by `key` under this peer's key id, default its own
+        key), at `now` (default the wall clock), with `nonce` (default a fresh one)."""
+        if content is not None:
+            request = httpx.Request(method, url, content=content,
+                                    headers={"Content-Type": "application/json"})  # fmt: skip
+        elif body is not None:
+            request = httpx.Request(method, url, json=body)
+        else:
+            request = httpx.Request(method, url)
+        return sign_request(request, key or self.key, self.key.key_id(self.url),
+                            now=now or datetime.now(UTC), nonce=nonce)  # fmt: skip
+
+    def send(self, request: httpx.Request) -> httpx.Response:
+        with httpx.Client(timeout=20) as client:
+            return client.send(request)
+
+    def push(self, url: str, entries: list, **kwargs) -> httpx.Response:
+        """Push entries of this peer's feed to a node's inbox, signed."""
+        body = {"type": "entries", "origin": self.url, "entries": entries}
+        return self.send(self.signed("POST", f"{url}/federation/inbox", body, **kwargs))
+
     def app(self) -> Starlette:
-        document = node_document(base_url=self.url, name=self.name, description="",
+        document = node_document(base_url=self.url, name=self.name, description=self.description,
                                  keys=[(self.key.name, self.key.public, None)], version="test")  # fmt: skip
 
         async def well_known(request: Request) -> Response:
@@ -67,6 +99,9 @@ class ScriptedPeer:
             return JSONResponse({"state": "none"})
 
         async def feed(request: Request) -> Response:
+            self.feed_reads += 1
+            if self.feed_page is not None:
+                return Response(self.feed_page, media_type="application/json")
             after = int(request.query_params.get("after", "0"))
             limit = int(request.query_params.get("limit", "100"))
             head = ({"seq": len(self.entries), "hash": entry_hash(self.entries[-1])}

@@ -32,6 +32,10 @@ EXPECTED = {
     ("GET", "/my/responses"): "member",
     ("GET", "/notifications"): "member",
     ("POST", "/account/email"): "member",
+    ("POST", "/account/password"): "member",
+    ("POST", "/account/tokens/revoke"): "member",
+    ("GET", "/admin/members/{user_id}/tokens"): "admin",
+    ("POST", "/admin/members/{user_id}/tokens/revoke"): "admin",
     # Anyone, but only while public_offers is on: 404 otherwise, members too (server/atom.py).
     ("GET", "/offers.atom"): "anyone",
     ("GET", "/account"): "member",
