@@ -410,7 +410,7 @@ class Allies:
                 if isinstance(body, dict) and body.get("state") in ("pending", "accepted"):
                     state = body["state"]
         if state is None:
-            await self._note(peer.id, f"subscribing failed: {reply.status}: {_reason(reply)}")
+            await self._note(peer.id, f"subscribing failed: {reply.status}: {reply_reason(reply)}")
             return
         async with self.store.write() as db:
             current = await self.store.peer_in(db, peer.id)
@@ -494,7 +494,7 @@ class Allies:
                     stop = 400 <= reply.status < 500 and reply.status not in (401, 408, 429)
                     failed = True
                     self.node.metrics.pushed("stopped" if stop else "error")
-                    await self._push_failed(peer, f"pushing: {reply.status}: {_reason(reply)}",
+                    await self._push_failed(peer, f"pushing: {reply.status}: {reply_reason(reply)}",
                                             stop=stop)  # fmt: skip
                     return total
                 # The receiver says what it holds: go on from there (a 409 may move us back).
@@ -612,7 +612,7 @@ class Allies:
             try:
                 reply = await self.outbound.request("GET", url)
                 if reply.status != 200:
-                    raise FetchError(f"the feed answered {reply.status}: {_reason(reply)}")
+                    raise FetchError(f"the feed answered {reply.status}: {reply_reason(reply)}")
                 entries, head_seq = _page(reply.json(), peer.url)
             except (FetchError, ProtocolError) as error:
                 await self._failed(peer.id, str(error))
@@ -840,7 +840,7 @@ class Allies:
                          self.node.stopping)  # fmt: skip
 
 
-def _reason(reply) -> str:
+def reply_reason(reply) -> str:
     try:
         body = reply.json()
     except ProtocolError:

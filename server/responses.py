@@ -47,6 +47,7 @@ from federation.outbound import FetchError
 from federation.timefmt import format_time
 
 from .accounts import RateLimiter
+from .allies import reply_reason
 from .api import read_json
 from .errors import (
     BadGateway,
@@ -280,7 +281,7 @@ class Responses:
                                      "lately: try again later"),
                                   retry_after=min(int(wait), 86400) if wait.isdigit() else 60)  # fmt: skip
         raise BadGateway(N_("%(url)s answered %(status)s: %(reason)s"),
-                         params={"url": origin, "status": reply.status, "reason": _reason(reply)})  # fmt: skip
+                         params={"url": origin, "status": reply.status, "reason": reply_reason(reply)})  # fmt: skip
 
     async def _respond_here(self, user: "User", row, message: str, contact: str) -> str:
         """A response to one of this node's own items: stored as received, nothing sent."""
@@ -496,7 +497,7 @@ class Responses:
         # A refusal that trying again will not change (the message or its sender is wrong).
         final = 400 <= reply.status < 500 and reply.status not in (401, 408, 429)
         await self._settle(response_id, state, attempts, give_up=final,
-                           error=f"{reply.status}: {_reason(reply)}")  # fmt: skip
+                           error=f"{reply.status}: {reply_reason(reply)}")  # fmt: skip
         return 0
 
     async def _settle(self, response_id: str, state: str, attempts: int | None, *,
@@ -551,15 +552,6 @@ class Responses:
             for received in await self.received_for(user, item_id=state["id"]):
                 (shown.from_allies if received.ally else shown.from_others).append(received)
         return shown
-
-
-def _reason(reply) -> str:
-    try:
-        body = reply.json()
-    except ProtocolError:
-        return "no readable error"
-    error = body.get("error") if isinstance(body, dict) else None
-    return str(error)[:200] if error else "no error message"
 
 
 async def item_responses(node: "Node", view: "ItemView", user: "User | None") -> dict:
