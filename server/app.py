@@ -3,8 +3,8 @@
 The onion, outside in:
 
     ServerErrorMiddleware   (starlette) anything unexpected → a plain 500, logged
-    AccessLog               one log line per request, once answered (server/logs.py)
-    RequestMetrics          requests counted and timed by route name (server/metrics.py)
+    ObserveRequests         each request timed once answered: one access-log line
+                            (server/logs.py), counted by route name (server/metrics.py)
     SecurityHeaders         CSP, no framing, no sniffing, same-origin referrers
     BodyLimit               413 before a body larger than its route's cap is read
     ExceptionMiddleware     ClientError → {"error"} (API, federation) or the error page
@@ -44,8 +44,8 @@ from . import (
 )
 from .config import Config
 from .errors import ClientError
-from .logs import AccessLog
-from .metrics import RequestMetrics
+from .logs import ObserveRequests, log_access
+from .metrics import request_observer
 from .node import Node
 from .templating import Templates
 from .workers import run_rounds
@@ -284,7 +284,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessLog), Middleware(RequestMetrics, metrics=node.metrics),
+        middleware=[Middleware(ObserveRequests, observers=[log_access, request_observer(node.metrics)]),
                     Middleware(SecurityHeaders), Middleware(BodyLimit)],
         exception_handlers={ClientError: client_error, HTTPException: http_error,
                             Exception: server_error},

@@ -2,7 +2,7 @@
 
 One handler on the root logger carries every line, the node's own loggers and uvicorn's
 alike (`serve` runs uvicorn with `log_config=None`, so its loggers propagate here). The node
-writes its own access log (`AccessLog`, logger `aidnode.access`) in place of uvicorn's, which
+writes its own access log (`log_access` via `ObserveRequests`, logger `aidnode.access`) in place of uvicorn's, which
 cannot say how long a request took: a JSON access line carries `method`, `path`, `status`,
 `duration` (seconds) and `client` as fields of its own.
 
@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO
 
@@ -88,15 +89,19 @@ def tell_operator(log_format: str, message: str, *, link: str | None = None) -> 
     print(message + (f"\n  {link}" if link else ""), flush=True)
 
 
-class AccessLog:
-    """Log each HTTP request once it is answered in full: client, method, path (invite codes
-    redacted), status and how long it took."""
+Observer = Callable[[Scope, int, float], None]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class ObserveRequests:
+    """Time each HTTP request and note its status, then tell each observer (scope, status,
+    seconds) once it is answered in full: the access log and the request metrics."""
+
+    def __init__(self, app: ASGIApp, observers: list[Observer]) -> None:
         self.app = app
+        self.observers = observers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -112,16 +117,24 @@ class AccessLog:
             await self.app(scope, receive, send_and_note)
         finally:
             duration = time.perf_counter() - started
-            path = scope.get("raw_path") or scope["path"].encode()
-            path = path.decode("latin-1")
-            if scope.get("query_string"):
-                path += "?" + scope["query_string"].decode("latin-1")
-            path = redact(path)
-            peer = scope.get("client")
-            client = f"{peer[0]}:{peer[1]}" if peer else "-"
-            access_log.info(
-                '%s - "%s %s HTTP/%s" %d %.1fms', client, scope["method"], path,
-                scope.get("http_version", "1.1"), status, duration * 1000,
-                extra={"method": scope["method"], "path": path, "status": status,
-                       "duration": round(duration, 6), "client": client},
-            )  # fmt: skip
+            for observe in self.observers:
+                observe(scope, status, duration)
+
+
+def log_access(scope: Scope, status: int, duration: float) -> None:
+    """One access-log line: client, method, path (invite codes redacted), status, time."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    path = scope.get("raw_path") or scope["path"].encode()
+    path = path.decode("latin-1")
+    if scope.get("query_string"):
+        path += "?" + scope["query_string"].decode("latin-1")
+    path = redact(path)
+    peer = scope.get("client")
+    client = f"{peer[0]}:{peer[1]}" if peer else "-"
+    access_log.info(
+        '%s - "%s %s HTTP/%s" %d %.1fms', client, scope["method"], path,
+        scope.get("http_version", "1.1"), status, duration * 1000,
+        extra={"method": scope["method"], "path": path, "status": status,
+               "duration": round(duration, 6), "client": client},
+    )  # fmt: skip

@@ -9,7 +9,7 @@ many nodes in one process). Two kinds of metric, by where the truth already is:
   remember to count it;
 - events that leave no durable trace are counted in memory where they happen, from zero at
   each start as Prometheus counters may: HTTP requests and their durations (the
-  `RequestMetrics` middleware), entries taken in from allies (`Allies.ingest`) and pushes to
+  `request_observer`, fed by `logs.ObserveRequests`), entries taken in from allies (`Allies.ingest`) and pushes to
   followers (`Allies.deliver`).
 
 Labels stay bounded: requests by route *name*, never by path (item ids would make a series
@@ -19,7 +19,6 @@ server/wellknown.py).
 """
 
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,7 +32,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from . import __version__
 from .store import Peer
@@ -211,29 +210,12 @@ def route_name(scope: Scope) -> str:
     return getattr(route, "name", None) or "unmatched"
 
 
-class RequestMetrics:
-    """Count every HTTP request and time it, by method, route name and status class."""
+def request_observer(metrics: "Metrics"):
+    """An observer for `logs.ObserveRequests`: count and time each request, by method, route
+    name and status class."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
+    def observe(scope: Scope, status: int, duration: float) -> None:
+        metrics.observe_request(scope["method"], route_name(scope), status, duration)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # unless a response starts: an exception ServerErrorMiddleware answers
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            self.metrics.observe_request(scope["method"], route_name(scope), status,
-                                         time.perf_counter() - started)  # fmt: skip
+    return observe
 
