@@ -21,7 +21,7 @@ from federation.items import N_
 
 from .errors import Invalid, NotFound, TooManyRequests
 from .notifications import account_context
-from .routing import client_address, page, session_cookie_name
+from .routing import client_address, page, path_number, session_cookie_name
 
 PASSWORD_FIELD_MAX = 1024
 
@@ -84,10 +84,7 @@ async def revoke_own_token(request: Request) -> Response:
 
 
 def _member_id(request: Request) -> int:
-    raw = request.path_params["user_id"]
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise NotFound(N_("no such member"))
-    return int(raw)
+    return path_number(request, "user_id", N_("no such member"))
 
 
 async def member_tokens(request: Request) -> Response:

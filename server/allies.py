@@ -83,13 +83,6 @@ def key_in_force(keys: list[tuple[str, str, int | None]], seq: int) -> tuple[str
     raise ProtocolError("no pinned key covers this part of the feed")
 
 
-def peer_id_of(raw: str) -> int:
-    """A peer id from a URL path (`/…/peers/{id}`); NotFound unless it is a plain number."""
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
-        raise NotFound(N_("no such peer"))
-    return int(raw)
-
-
 def backoff(failures: int) -> float:
     """Seconds to wait after `failures` consecutive failures: doubling, capped, jittered."""
     base = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, failures - 1))

@@ -12,11 +12,11 @@ from federation.errors import MalformedError
 from federation.items import N_
 from federation.strictjson import loads_strict
 
-from .allies import peer_id_of, peer_json
+from .allies import peer_json
 from .errors import ClientError, Invalid, NotFound, UnsupportedMediaType
 from .node import has_role
 from .openapi import openapi_document
-from .routing import api, public
+from .routing import api, path_number, path_uuid, public
 from .store import ItemQuery
 
 LIST_LIMIT_MAX = 200
@@ -155,10 +155,7 @@ async def create_item(request: Request) -> Response:
 
 
 def _uuid(request: Request) -> str:
-    item_uuid = request.path_params["uuid"]
-    if not item_rules.UUID_RE.fullmatch(item_uuid):
-        raise NotFound("no such item")
-    return item_uuid
+    return path_uuid(request, "uuid", N_("no such item"))
 
 
 async def get_item(request: Request) -> Response:
@@ -201,7 +198,7 @@ PEER_FIELDS = {"trust": str, "relay": bool, "follow": bool}
 
 async def patch_peer(request: Request) -> Response:
     node = request.app.state.node
-    peer_id = peer_id_of(request.path_params["id"])
+    peer_id = path_number(request, "id", N_("no such peer"))
     body = await read_json(request)
     if not isinstance(body, dict) or not body:
         raise Invalid("send an object with any of: trust, relay, follow")

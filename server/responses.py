@@ -60,7 +60,7 @@ from .errors import (
     TooManyRequests,
 )
 from .node import has_role
-from .routing import SignedBy, api, page
+from .routing import SignedBy, api, page, path_uuid
 from .workers import run_rounds
 
 if TYPE_CHECKING:
@@ -574,10 +574,7 @@ async def inbox_message(node: "Node", signer: SignedBy, body: dict) -> Response:
 
 
 def _response_id(request: Request) -> str:
-    raw = request.path_params["id"]
-    if not item_rules.UUID_RE.fullmatch(raw):
-        raise NotFound(N_("no such response"))
-    return raw
+    return path_uuid(request, "id", N_("no such response"))
 
 
 async def api_list(request: Request) -> Response:
@@ -622,9 +619,7 @@ async def respond_page(request: Request) -> Response:
     """`POST /items/{uuid}/respond`: the respond form on an item's page."""
     node = request.app.state.node
     user = request.state.user
-    item_uuid = request.path_params["uuid"]
-    if not item_rules.UUID_RE.fullmatch(item_uuid):
-        raise NotFound(N_("no such item"))
+    item_uuid = path_uuid(request, "uuid", N_("no such item"))
     view = await node.item_for(item_uuid, user)
     form = await request.form()
     values = {name: str(form.get(name, ""))[:4 * messages.MESSAGE_MAX]

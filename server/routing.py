@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from federation import items as item_rules
 from federation.errors import MalformedError, ProtocolError
 from federation.httpsig import NONCE_MEMORY_SECONDS, SignatureError, verify_request
 from federation.items import N_
@@ -47,7 +48,7 @@ from federation.keys import parse_public_key
 from federation.strictjson import loads_strict
 
 from .accounts import new_secret, same_secret
-from .errors import ClientError, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
+from .errors import ClientError, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized
 from .node import ROLES, has_role
 
 ACCESS_LEVELS = (
@@ -218,6 +219,23 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
         token = new_secret()
         request.state.new_csrf_cookie = token
     request.state.csrf_token = token
+
+
+def path_uuid(request: Request, name: str, message: str) -> str:
+    """A lowercase uuid4 from the URL path, matched exactly (Starlette's `uuid` converter
+    would take other spellings), or NotFound with `message`."""
+    raw = request.path_params[name]
+    if not item_rules.UUID_RE.fullmatch(raw):
+        raise NotFound(message)
+    return raw
+
+
+def path_number(request: Request, name: str, message: str) -> int:
+    """A row id from the URL path, plain digits only, or NotFound with `message`."""
+    raw = request.path_params[name]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise NotFound(message)
+    return int(raw)
 
 
 def _limit(limiter, key: str, message: str) -> None:

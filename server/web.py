@@ -16,7 +16,6 @@ from federation import items as item_rules
 from federation.items import N_
 from federation.timefmt import format_time, parse_time
 
-from .allies import peer_id_of
 from .api import item_query, page_of_items
 from .coordinate import unmet_needs
 from .errors import (
@@ -32,7 +31,7 @@ from .matching import matches_for
 from .node import ROLES, has_role
 from .notifications import account_context
 from .responses import item_responses
-from .routing import client_address, page, session_cookie_name
+from .routing import client_address, page, path_number, path_uuid, session_cookie_name
 from .store import ItemQuery, Peer
 
 BROWSE_PAGE_SIZE = 30
@@ -285,10 +284,7 @@ async def new_item(request: Request) -> Response:
 
 
 def _uuid(request: Request) -> str:
-    item_uuid = request.path_params["uuid"]
-    if not item_rules.UUID_RE.fullmatch(item_uuid):
-        raise NotFound(N_("no such item"))
-    return item_uuid
+    return path_uuid(request, "uuid", N_("no such item"))
 
 
 async def show_item(request: Request) -> Response:
@@ -384,13 +380,11 @@ async def members(request: Request) -> Response:
 
 async def change_member(request: Request) -> Response:
     node = request.app.state.node
-    raw_id = request.path_params["user_id"]
-    if not raw_id.isdigit():
-        raise NotFound(N_("no such member"))
+    member_id = path_number(request, "user_id", N_("no such member"))
     form = await request.form()
     role = str(form["role"]) if form.get("role") else None
     disabled = {"disable": True, "enable": False}.get(str(form.get("action", "")))
-    await node.change_member(request.state.user, int(raw_id), role=role, disabled=disabled)
+    await node.change_member(request.state.user, member_id, role=role, disabled=disabled)
     return redirect("/admin/members")
 
 
@@ -410,14 +404,12 @@ async def invites(request: Request) -> Response:
 
 async def revoke_invite(request: Request) -> Response:
     node = request.app.state.node
-    raw_id = request.path_params["invite_id"]
-    if not raw_id.isdigit():
-        raise NotFound(N_("no such invitation"))
+    invite_id = path_number(request, "invite_id", N_("no such invitation"))
     async with node.store.write() as db:
-        if not await node.store.revoke_invite(db, int(raw_id)):
+        if not await node.store.revoke_invite(db, invite_id):
             raise NotFound(N_("no such open invitation"))
         await node.store.audit(db, now=node.now_text(), actor=request.state.user,
-                               action="invite.revoke", target=raw_id)  # fmt: skip
+                               action="invite.revoke", target=str(invite_id))  # fmt: skip
     return redirect("/admin/invites")
 
 
@@ -487,7 +479,7 @@ async def peers(request: Request) -> Response:
 
 async def change_peer(request: Request) -> Response:
     node = request.app.state.node
-    peer_id = peer_id_of(request.path_params["peer_id"])
+    peer_id = path_number(request, "peer_id", N_("no such peer"))
     form = await request.form()
     action = str(form.get("action", ""))
     if action == "resync":

@@ -249,3 +249,12 @@ async def test_login_is_rate_limited_per_client_address(harness):
     blocked = await browser.post("/login", data={"username": "someone", "password": "x" * 12,
                                                  "csrf_token": csrf})  # fmt: skip
     assert blocked.status_code == 429
+
+
+@pytest.mark.parametrize("path", ["/admin/members/99999999999999999999", "/admin/members/١٢",
+                                  "/admin/invites/99999999999999999999/revoke"])  # fmt: skip
+async def test_row_ids_in_paths_are_plain_bounded_numbers(harness, path):
+    """An id too long for a row, or in other digits, is 404 (never a 500) and changes nothing."""
+    admin = await harness.browser("root", role="admin")
+    answer = await post_form(admin, "/admin/members", {"role": "member"}, action=path)
+    assert answer.status_code == 404
