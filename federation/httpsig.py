@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+import http_sf
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from http_message_signatures import (
@@ -111,6 +112,21 @@ class ClockedVerifier(HTTPMessageVerifier):
             raise InvalidSignature("the signature's created time is more than 300 s from now")
         if "expires" in sig_input.params:
             raise InvalidSignature('the signature must not carry "expires"')
+
+
+def claimed_key_id(signature_input: str) -> str | None:
+    """The key id a request's Signature-Input names, read before anything is verified, or
+    None. For throttling a node before its request is worth verifying; nothing is granted
+    on it, and a forger naming another node's key only slows itself."""
+    try:
+        fields = http_sf.parse(signature_input.encode("latin-1"), tltype="dictionary")
+    except (ValueError, UnicodeEncodeError):
+        return None
+    if len(fields) != 1:
+        return None
+    [member] = fields.values()
+    key_id = member[1].get("keyid") if isinstance(member, tuple) else None
+    return key_id if isinstance(key_id, str) else None
 
 
 def new_nonce() -> str:

@@ -24,6 +24,11 @@ lookup of its own. Kept-alive connections are reused per origin, so a host is re
 per new connection, not per request. Certificates are checked against certifi's roots, or
 against SSL_CERT_FILE / SSL_CERT_DIR when the environment sets them (as httpx does).
 
+Each node gets a small pool of its own. httpcore 1.0's pool looks over all its connections,
+once per connection, whenever a request starts or ends (encode/httpcore#1035): one pool kept
+alive to 50 followers spent more of the node's time on that than on the pushes. A node's pool
+unused for longer than the keep-alive expiry is closed, connections and all.
+
 `Outbound` drives the pool directly (httpcore's public `Request`/`Response`) rather than through
 `httpx.AsyncClient`: a client would bring a cookie jar shared across nodes, `.netrc` and proxy
 settings from the environment, and redirect and decoding machinery we would only switch off.
@@ -59,6 +64,8 @@ from .timefmt import system_clock
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024
+PER_NODE_CONNECTIONS = 8  # open at once to one node; kept alive up to as many
+KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 Signer = Callable[[], tuple[NodeKey, str]]
@@ -205,6 +212,15 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
 # --- the client -------------------------------------------------------------------------------
 
 
+@dataclass
+class _NodePool:
+    """The connections to one node, and whether they are in use."""
+
+    pool: httpcore.AsyncConnectionPool
+    in_flight: int = 0  # requests under way
+    used: float = 0.0  # when the last one ended (anyio.current_time)
+
+
 @dataclass(frozen=True)
 class Reply:
     """Another node's answer, whatever its status."""
@@ -229,9 +245,9 @@ _TRANSPORT_ERRORS = (
 class Outbound:
     """The node's HTTP client to other nodes: signed requests through the address guard.
 
-    One connection pool per Outbound, so requests to the same node reuse a kept-alive
-    connection. `signer` returns the current key and its key id; it is called per request,
-    since keys rotate.
+    One connection pool per node, so requests to the same node reuse a kept-alive
+    connection, and many nodes can be asked at once. `signer` returns the current key and its
+    key id; it is called per request, since keys rotate.
     """
 
     def __init__(
@@ -247,10 +263,9 @@ class Outbound:
         self._signer = signer
         self._clock = clock
         self._user_agent = user_agent
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(), network_backend=self.guard,
-            max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0,
-        )  # fmt: skip
+        self._ssl_context = httpx.create_ssl_context()
+        self._pools: dict[tuple, _NodePool] = {}  # by (scheme, host, port)
+        self._next_sweep = 0.0
 
     async def __aenter__(self) -> "Outbound":
         return self
@@ -262,7 +277,38 @@ class Outbound:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        pools, self._pools = list(self._pools.values()), {}
+        for node in pools:
+            await node.pool.aclose()
+
+    def _pool_for(self, url: httpx.URL) -> "_NodePool":
+        key = (url.raw_scheme, url.raw_host, url.port)
+        node = self._pools.get(key)
+        if node is None:
+            # The keep-alive limit equals the connection limit: httpcore 1.0 closes every
+            # connection that falls idle while its pool holds more connections *in all*
+            # than max_keepalive_connections (encode/httpcore#1000).
+            node = self._pools[key] = _NodePool(httpcore.AsyncConnectionPool(
+                ssl_context=self._ssl_context, network_backend=self.guard,
+                max_connections=PER_NODE_CONNECTIONS,
+                max_keepalive_connections=PER_NODE_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY,
+            ))  # fmt: skip
+        return node
+
+    async def _sweep(self) -> None:
+        """Close the pools of nodes not asked anything for longer than the keep-alive expiry
+        (httpcore closes expired connections only when their pool is used)."""
+        now = anyio.current_time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + KEEPALIVE_EXPIRY
+        stale = [key for key, node in self._pools.items()
+                 if not node.in_flight and now - node.used > KEEPALIVE_EXPIRY]  # fmt: skip
+        # All taken out before any is closed, so no request starts on a pool being closed.
+        closing = [self._pools.pop(key) for key in stale]
+        with anyio.CancelScope(shield=True):
+            for node in closing:
+                await node.pool.aclose()
 
     async def request(
         self, method: str, url: str, *, json_body: Any = None, json_bytes: bytes | None = None,
@@ -320,8 +366,19 @@ class Outbound:
         return request
 
     async def _send(self, request: httpx.Request, limit: int) -> Reply:
+        await self._sweep()
+        node = self._pool_for(request.url)
+        node.in_flight += 1
+        try:
+            return await self._exchange(node.pool, request, limit)
+        finally:
+            node.in_flight -= 1
+            node.used = anyio.current_time()
+
+    async def _exchange(self, pool: httpcore.AsyncConnectionPool, request: httpx.Request,
+                        limit: int) -> Reply:  # fmt: skip
         url = request.url
-        response = await self._pool.handle_async_request(httpcore.Request(
+        response = await pool.handle_async_request(httpcore.Request(
             method=request.method,
             url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
                              target=url.raw_path),

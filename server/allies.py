@@ -3,7 +3,9 @@
 Adding a peer fetches its node document through the address guard (`federation.outbound`),
 pins its keys, trusts it and follows it; the admin sees its name and key fingerprint to
 compare out of band. Following means reading its feed: `pull` asks for the entries after our
-cursor, page by page, and `ingest` takes them in.
+cursor, page by page, and `ingest` takes them in. A new ally of a node with a long history
+first takes its live state from its snapshot (`sync_from_snapshot`), judged by the same rules,
+and reads the feed from the snapshot's head on.
 
 Ingest keeps two questions apart:
 
@@ -25,7 +27,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +37,14 @@ import aiosqlite
 
 from federation import items as item_rules
 from federation import relay as relay_rules
+from federation import snapshot as snapshot_rules
 from federation.entries import (
     ChainState,
     canonical,
     check_key_entry,
     check_shape_encoded,
     hash_bytes,
+    signatures_valid,
     verify_signature,
 )  # fmt: skip
 from federation.errors import BaseUrlError, ProtocolError, ValidationError
@@ -52,7 +58,7 @@ from federation.timefmt import format_time, parse_time
 from .errors import BadGateway, ClientError, Invalid, NotFound
 from .feed import read_texts
 from .store import Peer
-from .workers import run_rounds
+from .workers import first_of, run_rounds
 
 if TYPE_CHECKING:
     from .accounts import User
@@ -68,11 +74,25 @@ TRUSTS = ("blocked", "unknown", "trusted")
 PUSH_BATCH = 100  # entries per push, at most (DESIGN §4.5)
 PUSH_MAX_BYTES = 512 * 1024
 INGEST_BATCH = 100  # entries taken in per write transaction
+# Signatures of a batch are checked on this many threads before its transaction (Ed25519
+# verification releases the GIL), for batches of at least VERIFY_AHEAD_MIN entries.
+VERIFY_THREADS = max(1, min(4, os.cpu_count() or 1))
+VERIFY_AHEAD_MIN = 8
+VERIFY_CHUNK = 10  # entries a verifier task checks
 PUSH_LAG_MAX = 1000  # a follower further behind than this catches up by pulling pages
+# While entries keep coming, pushes start about this many times a second in all, at most: each
+# of n followers is then pushed to every n / 50 s (1 s for 50), in batches (`Allies._push`).
+PUSH_STREAM_RATE = 50
 PUSH_GIVE_UP = timedelta(days=7)  # then pushing stops until that node is heard from again
 LEARN_IN_FLIGHT = 2  # node documents of unknown nodes fetched at once, at most
 LEARN_PER_MINUTE = 30
 LEARN_FAILURE_MEMORY = 600  # seconds a failed fetch is remembered (and not repeated)
+# A feed longer than this, of which we hold nothing, is taken from its snapshot (live state
+# only) rather than replayed; the same bound as push lag, so a new ally far behind is never
+# pushed to while it reads (docs/protocol.md §8.1).
+SNAPSHOT_AFTER = PUSH_LAG_MAX
+SNAPSHOT_LIMIT = 1000  # live entries asked for per snapshot page (the most a node serves)
+SNAPSHOT_PAGES_MAX = 10_000  # a bound on one snapshot: ten million live items
 
 
 def key_in_force(keys: list[tuple[str, str, int | None]], seq: int) -> tuple[str, str]:
@@ -115,9 +135,14 @@ class Allies:
         self._learned_at: list[float] = []  # monotonic times of recent fetches
         self._learn_failures: dict[str, tuple[float, str]] = {}
         self._pushing: set[int] = set()  # peers with a delivery running
+        self._missed: set[int] = set()  # of those, peers a round skipped: another round is due
+        self._push_tasks: set[asyncio.Task] = set()
+        self._followers = 0  # that we deliver to, as the last round counted them
+        self._verifier = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
 
     async def close(self) -> None:
         await self.outbound.aclose()
+        self._verifier.shutdown(wait=False, cancel_futures=True)
 
     def _signer(self) -> tuple[NodeKey, str]:
         if self._key is None:
@@ -498,6 +523,11 @@ class Allies:
                 delivered = now_at
                 if not progressed and reply.status == 200:
                     return total  # it took nothing new: try again later, not in a tight loop
+                if delivered >= head:
+                    # Up to date with the feed as it was when we began. What came since is
+                    # for the next round, after a pause if it came during our pushes
+                    # (`_push`): a stream of posts goes out in batches, not a request each.
+                    return total
             return total
         finally:
             if delivered != peer.delivered_seq or total:
@@ -539,31 +569,68 @@ class Allies:
         log.info("pushing to %s failed: %s", peer.url, reason)
 
     async def deliver_all(self) -> int:
-        """Push to every follower that is due, each on its own, so a slow one delays no one."""
+        """Start a push to every follower that is due, each in its own task, and return how
+        many were started without waiting for them: a slow follower delays no one, not even
+        the others' next entries (a round waiting for it would hold those back).
+
+        A follower still being pushed to is not started twice. A round that skips it notes it,
+        and when that push ends it asks for another round, so entries that came meanwhile are
+        not left for the interval; while entries keep coming, after a pause that makes them
+        a batch (PUSH_STREAM_RATE)."""
         now = self.node.now()
-        due = [peer for peer in await self.store.peers() if self.delivers_to(peer)
-               and peer.id not in self._pushing
-               and not (peer.push_next_attempt and parse_time(peer.push_next_attempt) > now)]
-
-        bodies: dict = {}
-
-        async def one(peer: Peer) -> int:
+        bodies: dict = {}  # shared by the pushes started here (see `deliver`)
+        started, followers = 0, 0
+        for peer in await self.store.peers():
+            if not self.delivers_to(peer):
+                continue
+            followers += 1
+            if peer.push_next_attempt and parse_time(peer.push_next_attempt) > now:
+                continue  # backing off
+            if peer.id in self._pushing:
+                self._missed.add(peer.id)
+                continue
             self._pushing.add(peer.id)
-            try:
-                return await self.deliver(peer, bodies)
-            finally:
-                self._pushing.discard(peer.id)
+            task = asyncio.create_task(self._push(peer, bodies))
+            self._push_tasks.add(task)
+            task.add_done_callback(self._push_tasks.discard)
+            started += 1
+        self._followers = followers
+        return started
 
-        results = await asyncio.gather(*(one(peer) for peer in due), return_exceptions=True)
-        for peer, result in zip(due, results, strict=True):
-            if isinstance(result, Exception):
-                log.error("pushing to %s failed unexpectedly", peer.url, exc_info=result)
-        return sum(r for r in results if isinstance(r, int))
+    async def _push(self, peer: Peer, bodies: dict) -> None:
+        began = asyncio.get_running_loop().time()
+        try:
+            try:
+                await self.deliver(peer, bodies)
+            except Exception:
+                log.exception("pushing to %s failed unexpectedly", peer.url)
+            if peer.id in self._missed:
+                # Entries came while we were pushing: a stream. Let the next ones gather
+                # until n / PUSH_STREAM_RATE seconds after this push began, so that each push
+                # carries a batch and 50 followers do not take 50 requests per entry. A
+                # follower that was idle is pushed to at once.
+                every = self._followers / PUSH_STREAM_RATE
+                waited = asyncio.get_running_loop().time() - began
+                await first_of(self.node.stopping, timeout=max(0.0, every - waited))
+        finally:
+            self._pushing.discard(peer.id)
+            if peer.id in self._missed:
+                self._missed.discard(peer.id)
+                self.wake_delivery()
 
     async def run_delivery(self) -> None:
-        """The pusher: on new entries or followers, and every `poll_interval` for retries."""
-        await run_rounds(self.deliver_all, self._deliver, self.node.config.poll_interval,
-                         "pushing to followers", self.node.stopping)  # fmt: skip
+        """The pusher: on new entries or followers, and every `poll_interval` for retries.
+        Once stopping, it lets the pushes on their way finish (the lifespan cancels what is
+        left after its grace, and then the pushes too)."""
+        try:
+            await run_rounds(self.deliver_all, self._deliver, self.node.config.poll_interval,
+                             "pushing to followers", self.node.stopping)  # fmt: skip
+            await asyncio.gather(*self._push_tasks, return_exceptions=True)
+        finally:
+            tasks = list(self._push_tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def received_push(self, peer_id: int, body: dict) -> tuple[int, dict]:
         """`POST /federation/inbox` with `type: entries` from a node we follow: (status, answer)."""
@@ -593,15 +660,29 @@ class Allies:
         return peer.trust == "trusted" and peer.we_follow != "none" and not peer.forked
 
     async def pull(self, peer: Peer) -> int:
-        """Read a followed peer's feed from our cursor to its head; entries accepted."""
+        """Read a followed peer's feed from our cursor to its head; entries accepted.
+
+        Holding nothing of it yet, we first ask for one entry, which tells its head: a feed
+        longer than SNAPSHOT_AFTER is taken from its snapshot and read on from the head the
+        snapshot named, or, should the snapshot fail, read from the start."""
         if not self.follows(peer):
             return 0
         if peer.we_follow == "pending" and (peer.last_error or "").startswith("subscribing failed"):
             await self.subscribe(peer)  # the last attempt did not get through: ask again
         await self._load_key()
         total = 0
+        snapshot_tried = False
         for _ in range(PULL_PAGES_PER_ROUND):
-            url = f"{peer.url}/federation/feed?after={peer.received_seq}&limit={PULL_LIMIT}"
+            fresh = peer.received_seq == 0 and not snapshot_tried
+            if fresh and peer.head_seq > SNAPSHOT_AFTER:
+                snapshot_tried = True
+                await self.sync_from_snapshot(peer)
+                peer = await self.store.peer(peer.id)
+                if peer is None or not self.follows(peer):
+                    return total
+                continue
+            limit = 1 if fresh else PULL_LIMIT
+            url = f"{peer.url}/federation/feed?after={peer.received_seq}&limit={limit}"
             try:
                 reply = await self.outbound.request("GET", url)
                 if reply.status != 200:
@@ -613,6 +694,9 @@ class Allies:
             if not entries:
                 await self._succeeded(peer.id, head_seq)
                 return total
+            if fresh and head_seq > SNAPSHOT_AFTER:
+                peer = dataclasses.replace(peer, head_seq=head_seq)
+                continue  # a long history: its snapshot, rather than this page
             # A transaction a hundred entries at a time, so members' posts and other writes
             # wait for one short batch, never for a whole page.
             problem = None
@@ -632,6 +716,14 @@ class Allies:
         """Take in entries of a peer's feed, in order, in one transaction.
 
         Returns (entries accepted, the chain problem that stopped the batch or None)."""
+        ahead = await self._verify_ahead(peer_id, entries)
+        try:
+            return await self._ingest(peer_id, entries, head_seq, ahead)
+        finally:
+            ahead.cancel()
+
+    async def _ingest(self, peer_id: int, entries: list, head_seq: int,
+                      ahead: "_Ahead") -> tuple[int, str | None]:  # fmt: skip
         await self._learn_relay_origins(entries)
         now = self.node.now_text()
         async with self.store.write() as db:
@@ -644,14 +736,8 @@ class Allies:
             chain = ChainState(peer.url, peer.received_seq, peer.received_hash, key_id,
                                parse_public_key(public), strictly_read=True)  # fmt: skip
             accepted, problem = 0, None
-            ids, origins = _batch_ids(entries)
-            versions, relayed_copies = await self.store.item_versions_in(db, ids)
-            changes = _ItemChanges(
-                self, peer, now, versions=versions, relayed_copies=relayed_copies,
-                relays=await self.store.relays_in(db, ids),
-                origins=await self.store.origin_keys_in(db, origins),
-            )  # fmt: skip
-            for raw in entries:
+            changes = await self._item_changes(db, peer, entries, now)
+            for index, raw in enumerate(entries):
                 # Only a seq from 1 can be held already: an entry numbered 0 or below is no
                 # entry at all, refused by the chain check below rather than skipped as held
                 # (skipped, a push of them was answered 200 and a page of them read as success).
@@ -663,7 +749,7 @@ class Allies:
                     continue
                 before = (chain.seq, chain.hash, chain.key_id, chain.public)
                 try:
-                    entry = chain.accept(raw)
+                    entry = chain.accept(raw, verified_by=await ahead.valid_by(index))
                     if entry["type"] == "key":
                         await self._take_key(db, peer_id, entry, old_key=before[2])
                 except ProtocolError as error:
@@ -688,6 +774,154 @@ class Allies:
         if problem is not None:
             log.warning("ingest from %s stopped: %s", peer.url, problem)
         return accepted, problem
+
+    async def _verify_ahead(self, peer_id: int, entries: list) -> "_Ahead":
+        """Start checking a batch's signatures on the verifier threads, a few entries a task,
+        with the key the peer's next entry is due to be signed with.
+
+        Nothing is decided here: ingest checks every entry in order as before, waiting for
+        each one's result as it comes to it (so the threads verify while it checks the rest),
+        and skips only the signature check of an entry found valid under the key it finds in
+        force: a key rotated meanwhile, or one in the batch, costs a second check, no more."""
+        if len(entries) < VERIFY_AHEAD_MIN:
+            return _Ahead(None, [], 1)
+        peer = await self.store.peer(peer_id)
+        if peer is None:
+            return _Ahead(None, [], 1)
+        async with self.store.read() as db:
+            keys = await self.store.peer_keys_in(db, peer_id)
+        public = parse_public_key(key_in_force(keys, peer.received_seq + 1)[1])
+        return _Ahead(public, self._verifying(entries, public), VERIFY_CHUNK)
+
+    def _verifying(self, entries: list, public) -> list[asyncio.Future]:
+        """Signature checks of these entries by `public` on the verifier threads, VERIFY_CHUNK
+        entries a task, in order (`signatures_valid`)."""
+        loop = asyncio.get_running_loop()
+        return [loop.run_in_executor(self._verifier, signatures_valid,
+                                     entries[start : start + VERIFY_CHUNK], public)
+                for start in range(0, len(entries), VERIFY_CHUNK)]  # fmt: skip
+
+    async def _item_changes(self, db: aiosqlite.Connection, peer: Peer, entries: list,
+                            now: str) -> "_ItemChanges":  # fmt: skip
+        """What a batch of a peer's entries will be judged against, read in a few queries
+        inside the write transaction: the items, relays and relayed needs' origins it names."""
+        ids, origins = _batch_ids(entries)
+        versions, relayed_copies = await self.store.item_versions_in(db, ids)
+        return _ItemChanges(
+            self, peer, now, versions=versions, relayed_copies=relayed_copies,
+            relays=await self.store.relays_in(db, ids),
+            origins=await self.store.origin_keys_in(db, origins),
+        )  # fmt: skip
+
+    # -------------------------------------------------------------------- snapshots
+
+    async def sync_from_snapshot(self, peer: Peer) -> bool:
+        """Take a followed peer's live state from its snapshot (docs/protocol.md §8.1), when
+        we hold nothing of a long feed: True once the cursor stands at the head it named.
+
+        Each page is checked (`federation.snapshot`: the key entries from our pinned key on,
+        the head entry's hash, every entry signed by the key in force at its seq), judged by
+        the rules of ingest (`_ItemChanges`) and written as ingest writes. Only once every
+        page is in does the cursor move, in one transaction with the key entries' hand-overs,
+        to the head the first page named; entries changed since are after that head, and the
+        feed carries them. Should anything fail before (an older node answers 404), what the
+        pages wrote is taken back, the reason noted on the peer, and False: the caller reads
+        the whole feed instead. Each write gives up (`_take_snapshot_entries`) if the peer
+        changed under us: blocked, unfollowed, or its cursor moved by a push."""
+        await self._load_key()
+        async with self.store.read() as db:
+            pinned = await self.store.peer_keys_in(db, peer.id)
+
+        def pinned_at(seq: int) -> tuple[str, Any]:
+            key_id, public = key_in_force(pinned, seq)
+            return key_id, parse_public_key(public)
+
+        basis, after, head_seen = None, 0, 0
+        try:
+            for _ in range(SNAPSHOT_PAGES_MAX):
+                url = f"{peer.url}/federation/snapshot?after={after}&limit={SNAPSHOT_LIMIT}"
+                reply = await self.outbound.request("GET", url)
+                if reply.status != 200:
+                    raise FetchError(f"it answered {reply.status}: {reply_reason(reply)}")
+                page = reply.json()
+                if basis is None:
+                    basis = snapshot_rules.check_basis(page, origin=peer.url, pinned=pinned_at)
+                # Signatures first, on the verifier threads, by the key in force at the head
+                # (all but entries from before a rotation, which are checked as they come).
+                current = basis.schedule[-1][1]
+                listed = page.get("entries") if isinstance(page, dict) else None
+                listed = listed if isinstance(listed, list) else []  # check_page says why
+                valid = [ok for part in await asyncio.gather(*self._verifying(listed, current))
+                         for ok in part]  # fmt: skip
+                entries, following = snapshot_rules.check_page(
+                    page, basis, after=after, verified_by=[current if ok else None for ok in valid])
+                head_seen = max(head_seen, snapshot_rules.page_head(page)[0])
+                # As for ingest, a hundred entries a transaction, so members' posts and other
+                # writes wait for one short batch, never for a whole page.
+                for start in range(0, len(entries), INGEST_BATCH):
+                    if not await self._take_snapshot_entries(peer.id,
+                                                             entries[start : start + INGEST_BATCH]):
+                        return False
+                if following is None:
+                    break
+                after = following
+            else:
+                raise ProtocolError(f"it did not end within {SNAPSHOT_PAGES_MAX} pages")
+            async with self.store.write() as db:
+                current = await self.store.peer_in(db, peer.id)
+                if current is None or not self.follows(current) or current.received_seq != 0:
+                    return False
+                signer = basis.schedule[0][0]
+                for entry in basis.key_entries:
+                    await self._take_key(db, peer.id, entry, old_key=signer)
+                    signer = entry["body"]["key"]["id"]
+                await self.store.update_peer(
+                    db, peer.id, received_seq=basis.head_seq, received_hash=basis.head_hash,
+                    head_seq=max(head_seen, current.head_seq),
+                    **self._read_health(current, None, answered=True),
+                )  # fmt: skip
+        except (FetchError, ProtocolError) as error:
+            await self._snapshot_failed(peer.id, str(error))
+            return False
+        self.node.metrics.snapshots.labels("taken").inc()
+        log.info("took the live state of %s from its snapshot, up to entry %d", peer.url,
+                 basis.head_seq)  # fmt: skip
+        return True
+
+    async def _take_snapshot_entries(self, peer_id: int, entries: list[dict]) -> bool:
+        """Judge and write checked snapshot entries, in one transaction; False (nothing
+        written) if we no longer read that peer, or hold some of its feed now."""
+        await self._learn_relay_origins(entries)
+        now = self.node.now_text()
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer is None or not self.follows(peer) or peer.received_seq != 0:
+                return False
+            changes = await self._item_changes(db, peer, entries, now)
+            for entry in entries:
+                if entry["type"] == "item":
+                    changes.judge(entry)
+                else:
+                    changes.judge_relay(entry)
+            relayed = await changes.write(db)
+        self.node.metrics.took_in_snapshot(entries=len(entries), refused=len(changes.refused))
+        if relayed:
+            self.wake_delivery()
+        return True
+
+    async def _snapshot_failed(self, peer_id: int, reason: str) -> None:
+        """Take back what a failed snapshot wrote (while we hold nothing of the feed, all we
+        hold read from it is what the snapshot gave) and note why on the peer."""
+        async with self.store.write() as db:
+            peer = await self.store.peer_in(db, peer_id)
+            if peer is None:
+                return
+            if peer.received_seq == 0:
+                await self.store.drop_items_read_from(db, peer_id)
+            note = f"snapshot refused: {reason}; reading the whole feed instead"
+            await self.store.update_peer(db, peer_id, last_error=note[:500])
+        self.node.metrics.snapshots.labels("fallback").inc()
+        log.warning("the snapshot of %s was not taken: %s", peer.url, reason)
 
     async def _learn_relay_origins(self, entries: list) -> None:
         """Pin the origins of relayed needs not met before, before the write transaction (a
@@ -861,6 +1095,25 @@ def _page(page: object, origin: str) -> tuple[list, int]:
     if not isinstance(head, dict) or type(head.get("seq")) is not int or not isinstance(entries, list):
         raise ProtocolError("the feed page has no head or entries")
     return entries, head["seq"]
+
+
+class _Ahead:
+    """The signature checks of one batch running on the verifier threads (`_verify_ahead`)."""
+
+    def __init__(self, public, tasks: list[asyncio.Future], size: int) -> None:
+        self.public, self.tasks, self.size = public, tasks, size
+
+    async def valid_by(self, index: int):
+        """The key entry `index`'s signature verified with, or None (not checked, or not valid)."""
+        if self.public is None:
+            return None
+        results = await self.tasks[index // self.size]
+        return self.public if results[index % self.size] else None
+
+    def cancel(self) -> None:
+        """Checks not started are dropped (the batch stopped early, or the caller went away)."""
+        for task in self.tasks:
+            task.cancel()
 
 
 def _overlap_fork(chain: ChainState, raw: dict) -> str | None:

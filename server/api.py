@@ -47,7 +47,7 @@ def decode_cursor(text: str) -> dict:
     except (ValueError, MalformedError):
         raise ClientError(N_("cursor is not one this node gave out"), field="cursor") from None
     if not isinstance(value, dict) or not (
-        (set(value) == {"o"} and isinstance(value["o"], int) and value["o"] >= 0)
+        (set(value) == {"r"} and type(value["r"]) is int and value["r"] >= 0)
         or (set(value) == {"a"} and isinstance(value["a"], list) and len(value["a"]) == 2
             and isinstance(value["a"][0], str) and isinstance(value["a"][1], int))
     ):  # fmt: skip
@@ -77,7 +77,8 @@ def item_query(request: Request, *, limit_default: int, limit_max: int) -> ItemQ
         raise ClientError(N_("q must be at most %(max)d characters"), field="q",
                           params={"max": Q_MAX})  # fmt: skip
     raw_limit = params.get("limit") or str(limit_default)
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= limit_max:
+    # isdecimal, not isdigit: int() refuses digits like "²"; nor does it read thousands of them.
+    if not raw_limit.isdecimal() or len(raw_limit) > 20 or not 1 <= int(raw_limit) <= limit_max:
         raise ClientError(N_("limit must be a whole number from 1 to %(max)d"), field="limit",
                           params={"max": limit_max})  # fmt: skip
     query = ItemQuery(
@@ -94,8 +95,8 @@ def item_query(request: Request, *, limit_default: int, limit_max: int) -> ItemQ
     cursor = params.get("cursor")
     if cursor:
         value = decode_cursor(cursor)
-        if "o" in value:
-            query.offset = value["o"]
+        if "r" in value:
+            query.after_row = value["r"]
         else:
             query.after = (value["a"][0], value["a"][1])
     return query
@@ -134,7 +135,7 @@ async def page_of_items(request: Request, query: ItemQuery):
     if len(views) > wanted:
         views = views[:wanted]
         if query.q:
-            next_cursor = encode_cursor({"o": query.offset + wanted})
+            next_cursor = encode_cursor({"r": views[-1].row.row})
         else:
             last = views[-1]
             next_cursor = encode_cursor({"a": [last.state["created"], last.row.row]})

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from federation.timefmt import format_time, parse_time
 
-from .matching import Match, matches_for
+from .matching import Match, matches_for_each
 from .node import ItemView, Node
 from .store import Peer, User
 
@@ -71,14 +71,15 @@ async def unmet_needs(node: Node, viewer: User, *, limit: int = QUEUE_MAX) -> li
     latest = await node.store.latest_feed_seqs([view.state["id"] for view in views])
     sightings = await node.store.sightings([view.state["id"] for view in views])
     waiting = await node.store.pending_responses([view.state["id"] for view in views])
+    matches = await matches_for_each(node, views, viewer, limit=QUEUE_MATCHES)
     entries = []
-    for view in views:
+    for view, found in zip(views, matches, strict=True):
         seq = latest.get(view.state["id"])  # None: never published (reach local)
         entries.append(QueueEntry(
             view=view,
             age_seconds=max(0, int((now - parse_time(view.state["created"])).total_seconds())),
             escalation=escalation_of(node, view),
-            matches=await matches_for(node, view, viewer, limit=QUEUE_MATCHES),
+            matches=found,
             reached=[p for p in followers if seq is not None and p.delivered_seq >= seq],
             not_reached=[p for p in followers if seq is not None and p.delivered_seq < seq],
             relayed_by=[node.peer_names.get(url, url) for url in sightings[view.state["id"]]],

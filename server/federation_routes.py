@@ -5,7 +5,14 @@ from starlette.responses import JSONResponse, Response
 
 from .api import read_json
 from .errors import ClientError, Forbidden, PayloadTooLarge, Unauthorized
-from .feed import FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, page_json, read_page
+from .feed import (
+    FEED_LIMIT_DEFAULT,
+    FEED_LIMIT_MAX,
+    page_json,
+    read_page,
+    read_snapshot_page,
+    snapshot_json,
+)
 from .responses import inbox_message
 from .routing import INBOX_MAX_BYTES, federation
 
@@ -14,22 +21,41 @@ def _whole_number(request: Request, name: str, default: int, low: int, high: int
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+    # int() does not read thousands of digits: anything that long is out of range anyway.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 20 or not low <= int(raw) <= high:
         raise ClientError(f"{name} must be a whole number from {low} to {high}", field=name)
     return int(raw)
 
 
-async def feed(request: Request) -> Response:
-    """`GET /federation/feed?after=<seq>&limit=<n>`: entries after a seq, in order, ≤ 1 MiB."""
-    node = request.app.state.node
+def _page_params(request: Request) -> tuple[int, int]:
+    """`after` and `limit` of a paged read (the feed, the snapshot), checked strictly."""
     after = _whole_number(request, "after", 0, 0, 2**53 - 1)
     limit = _whole_number(request, "limit", FEED_LIMIT_DEFAULT, 1, FEED_LIMIT_MAX)
     unknown = set(request.query_params) - {"after", "limit"}
     if unknown:
         raise ClientError(f"unknown parameter {sorted(unknown)[0]}", field=sorted(unknown)[0])
+    return after, limit
+
+
+async def feed(request: Request) -> Response:
+    """`GET /federation/feed?after=<seq>&limit=<n>`: entries after a seq, in order, ≤ 1 MiB."""
+    node = request.app.state.node
+    after, limit = _page_params(request)
     async with node.store.read() as db:
         texts, head = await read_page(db, after, limit)
     return Response(page_json(node.config.base_url, texts, head), media_type="application/json",
+                    headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+async def snapshot(request: Request) -> Response:
+    """`GET /federation/snapshot?after=<seq>&limit=<n>`: the latest entry of each live item
+    after a seq, in seq order, with the head, its entry and the key entries, ≤ 1 MiB
+    (docs/protocol.md §8.1): a new ally syncs live state without replaying the history."""
+    node = request.app.state.node
+    after, limit = _page_params(request)
+    async with node.store.read() as db:
+        page = await read_snapshot_page(db, after, limit, node.now_text())
+    return Response(snapshot_json(node.config.base_url, page), media_type="application/json",
                     headers={"Cache-Control": "no-store"})  # fmt: skip
 
 
@@ -103,6 +129,7 @@ async def cursor(request: Request) -> Response:
 
 routes = [
     federation("/federation/feed", feed, "feed_reader", name="federation_feed"),
+    federation("/federation/snapshot", snapshot, "feed_reader", name="federation_snapshot"),
     federation("/federation/cursor", cursor, "trusted_node", name="federation_cursor"),
     federation("/federation/inbox", inbox, "inbox_sender", methods=("POST",),
                name="federation_inbox"),

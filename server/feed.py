@@ -180,20 +180,28 @@ async def node_keys(db: aiosqlite.Connection) -> list[tuple[str, str, int, int |
         return [tuple(row) for row in await cursor.fetchall()]
 
 
+async def rows_within(cursor: aiosqlite.Cursor, limit: int, max_bytes: int) -> tuple[list, bool]:
+    """Rows of a query whose first column is an entry's text: up to `limit` of them, about
+    `max_bytes` of text in all at most (always at least one row if there is one), and whether
+    any row was left. Rows are read one by one, so what is left is never loaded."""
+    rows: list = []
+    size = 0
+    async for row in cursor:
+        size += len(row[0].encode("utf-8")) + 1
+        if len(rows) == limit or (rows and size > max_bytes):
+            return rows, True
+        rows.append(row)
+    return rows, False
+
+
 async def read_texts(db: aiosqlite.Connection, after: int, limit: int, max_bytes: int) -> list[str]:
     """Canonical texts of up to `limit` entries after `after`, about `max_bytes` in all at
     most (always at least one entry if there is one): a feed page, or a push."""
-    texts: list[str] = []
-    size = 0
     async with db.execute(
         "SELECT entry FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
     ) as cursor:
-        async for (text,) in cursor:
-            size += len(text.encode("utf-8")) + 1
-            if texts and size > max_bytes:
-                break
-            texts.append(text)
-    return texts
+        rows, _ = await rows_within(cursor, limit, max_bytes)
+    return [row[0] for row in rows]
 
 
 async def read_page(db: aiosqlite.Connection, after: int, limit: int) -> tuple[list[str], Head]:
@@ -212,6 +220,58 @@ def page_json(origin: str, texts: list[str], head: Head) -> bytes:
     """The feed response, built from stored canonical texts without re-parsing them."""
     prefix = json.dumps({"origin": origin, "head": head.to_json()}, separators=(",", ":"))[:-1]
     return f'{prefix},"entries":[{",".join(texts)}]}}'.encode()
+
+
+@dataclass(frozen=True)
+class SnapshotPage:
+    """One page of `GET /federation/snapshot` (docs/protocol.md §8.1), as stored texts."""
+
+    head: Head
+    keys: list[str]  # every `key` entry of the feed, in order
+    head_entry: str | None  # the entry at `head`, so a reader can check the head's hash
+    texts: list[str]  # the latest entry of each live item after `after`, in seq order
+    next: int | None  # the `after` of the next page; None: this page is the last
+
+
+SNAPSHOT_ENTRIES = (
+    # The live items our feed carries (our own, and needs we relayed that we still hold),
+    # by the seq of their latest entry: `items_in_snapshot` holds only live rows, so a page
+    # never reads the history between them (named, since a planner without statistics would
+    # rather sort all open items). Items past their expiry that the expiry worker has not
+    # marked yet are left out, as ended.
+    "SELECT f.entry, f.seq FROM items i INDEXED BY items_in_snapshot"
+    " JOIN feed f ON f.seq = i.feed_seq"
+    " WHERE i.feed_seq IS NOT NULL AND i.status IN ('open', 'promised') AND i.feed_seq > ?"
+    " AND i.expires > ? AND i.reach != 'local' ORDER BY i.feed_seq LIMIT ?"
+)
+
+
+async def read_snapshot_page(db: aiosqlite.Connection, after: int, limit: int,
+                             now: str) -> SnapshotPage:  # fmt: skip
+    """A snapshot page (at most FEED_MAX_BYTES with its envelope, the key entries and the
+    head entry), read in one read transaction, so the head is never behind the page."""
+    await db.execute("BEGIN")
+    try:
+        head = await Feed.head(db)
+        keys = [row[0] for row in await db.execute_fetchall(
+            "SELECT entry FROM feed WHERE type = 'key' ORDER BY seq")]  # fmt: skip
+        found = await db.execute_fetchall("SELECT entry FROM feed WHERE seq = ?", (head.seq,))
+        head_entry = found[0][0] if found else None
+        budget = FEED_MAX_BYTES - 512 - sum(len(text.encode("utf-8")) + 1 for text in keys)
+        budget -= len(head_entry.encode("utf-8")) if head_entry else 0
+        async with db.execute(SNAPSHOT_ENTRIES, (after, now, limit + 1)) as cursor:
+            rows, more = await rows_within(cursor, limit, budget)
+    finally:
+        await db.execute("COMMIT")
+    return SnapshotPage(head, keys, head_entry, [row[0] for row in rows],
+                        rows[-1][1] if more else None)  # fmt: skip
+
+
+def snapshot_json(origin: str, page: SnapshotPage) -> bytes:
+    """The snapshot response, built from stored canonical texts without re-parsing them."""
+    prefix = json.dumps({"origin": origin, "head": page.head.to_json()}, separators=(",", ":"))[:-1]
+    return (f'{prefix},"keys":[{",".join(page.keys)}],"head_entry":{page.head_entry or "null"},'
+            f'"entries":[{",".join(page.texts)}],"next":{json.dumps(page.next)}}}').encode()  # fmt: skip
 
 
 class ChainProblem(Exception):

@@ -7,37 +7,51 @@ item itself, that share its category or some of its words. They are ranked by on
 
     3 × same category  +  up to 3 for words in common  +  ½ per leading geohash character shared
 
-Words in common are scored by FTS5's bm25 over title, body and tags (title weighted 3, tags 2,
-body 1), relative to the best text match among the candidates, so the closest wording scores 3.
-The words are the item's own title, tags and body, each quoted as an FTS5 string (so `"`, `*`,
-`OR`, `NEAR(` and `col:` in member text are only words) and ORed, so a partial overlap still
-matches; words of four letters or more match as prefixes ("clinic" finds "clinics"). Very
-common words (English ones, and this domain's own: need, offer, help…) are left out, or nearly
+Words in common: each of the item's words (title and tags first, at most TERMS_MAX) that a
+candidate has counts 3 in its title, 2 in its tags and 1 in its body (each place it appears),
+and the sum is taken relative to the best text match among the candidates, so the closest
+wording scores 3. A word is a run of letters and digits, casefolded and without diacritics
+("café" is "cafe"), as the search index's unicode61 tokenizer reads it; words of four letters
+or more match as prefixes ("clinic" finds "clinics", "car" does not find "care"). Very common
+words (English ones, and this domain's own: need, offer, help…) are left out, or nearly
 everything would share a word with everything. Locations are at most 5 geohash characters
 (DESIGN §3), so the location part ranges from 0 to 2.5: a shared ~5 km cell counts a little
 less than the same category. Location alone never makes a match. Ties go to the newer item.
 
-This module holds the policy (which words, which weights); the one query that ranks is
-`Store.match_candidates`, so matching costs one FTS5 search and one pass over the open items
-of one kind per page shown.
+The candidates are a bounded pool (issue 9): the newest MATCH_POOL open, live items of the
+wanted kind, and the newest MATCH_POOL_CATEGORY of them in the item's category, read in one
+query from two indexes (`Store.match_candidates`, migration 0009), once per kind and category
+on a page, and scored here. So matching costs the same whatever the node holds (a few
+milliseconds an item); a full-text search ORing an item's words reads posting lists that
+cover most of a large node, and took over a second at 100,000 items. The price, plainly: an
+older item outside the pool is not suggested, however well it matches.
 """
 
+import heapq
 import re
+import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
+from operator import itemgetter
+from typing import NamedTuple
 
 from federation.items import N_
 
 from .node import ItemView, Node
-from .store import User
+from .store import MatchCandidate, User
 
 MATCHES_SHOWN = 5
-TERMS_MAX = 40  # words of the item used in its text query, title and tags first
+MATCH_POOL = 300  # the newest open items of the wanted kind that are scored
+MATCH_POOL_CATEGORY = 150  # and the newest of them in the item's category
+TERMS_MAX = 40  # words of the item that are looked for, title and tags first
 PREFIX_MIN = 4  # shorter words match exactly: "car" must not find "care" and "card"
+PREFIX_LONGEST = 24  # longer terms find only whole words: a 4,000-letter word is not 4,000 keys
+FINDABLE_CACHE_CHARS = 300_000  # of candidate text kept ready to score (FindableCache)
 CATEGORY_WEIGHT = 3.0
 TEXT_WEIGHT = 3.0
 GEOHASH_WEIGHT = 0.5  # per shared leading character
-# bm25 column weights, in the order of the items_fts columns (title, body, tags).
-BM25_WEIGHTS = (3.0, 1.0, 2.0)
+TITLE_WEIGHT, TAGS_WEIGHT, BODY_WEIGHT = 3, 2, 1  # a word in common, by where the candidate has it
 
 # The unicode61 tokenizer's idea of a word: a run of letters and digits.
 _WORD_RE = re.compile(r"[^\W_]+")
@@ -81,11 +95,21 @@ class Match:
         return found
 
 
+def fold(text: str) -> str:
+    """Casefolded, diacritics removed (NFKD, combining marks dropped): as FTS5's unicode61
+    tokenizer with `remove_diacritics 2` compares words, so "Café" and "cafe" are one word."""
+    text = text.casefold()
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
 def match_terms(state: dict) -> list[str]:
     """The item's distinct words worth matching on, title and tags first, at most TERMS_MAX."""
     seen: dict[str, None] = {}
     for text in (state["title"], " ".join(state.get("tags", [])), state["body"]):
-        for word in _WORD_RE.findall(text.casefold()):
+        for word in _WORD_RE.findall(fold(text)):
             if len(word) >= 2 and word not in STOP_WORDS and word not in seen:
                 seen[word] = None
                 if len(seen) == TERMS_MAX:
@@ -93,13 +117,74 @@ def match_terms(state: dict) -> list[str]:
     return list(seen)
 
 
-def match_query(terms: list[str]) -> str:
-    """An FTS5 query ORing the terms, each quoted (never raw MATCH syntax), long ones as prefixes."""
-    quoted = []
-    for term in terms:
-        literal = '"' + term.replace('"', '""') + '"'
-        quoted.append(literal + "*" if len(term) >= PREFIX_MIN else literal)
-    return " OR ".join(quoted)
+@lru_cache(maxsize=8192)
+def _word_and_prefixes(word: str) -> tuple[str, ...]:
+    # A node's words are far fewer than its texts: cached by word, they are made once and
+    # shared by every text that has them.
+    return (word, *(word[:end] for end in range(PREFIX_MIN, min(len(word), PREFIX_LONGEST + 1))))
+
+
+def findable(text: str) -> frozenset[str]:
+    """Each word of `text` and each prefix of it of PREFIX_MIN to PREFIX_LONGEST letters: a
+    term is found in the text exactly when it is in this set (a short term only as a whole
+    word). At most one entry per character of the text."""
+    words = _WORD_RE.findall(fold(text))
+    return frozenset().union(*(_word_and_prefixes(word) if len(word) <= PREFIX_LONGEST
+                               else (word, *_word_and_prefixes(word[:PREFIX_LONGEST]))
+                               for word in words))  # fmt: skip
+
+
+class FindableCache:
+    """`findable` by text, as the same candidates come up page after page; the least recently
+    used dropped first once the texts held pass `chars` characters. A text's set has at most
+    one entry per character, so this bounds the memory held whatever members write (about
+    100 bytes a character at worst, far less for everyday words)."""
+
+    def __init__(self, chars: int) -> None:
+        self.chars = chars
+        self.held = 0
+        self.sets: OrderedDict[str, frozenset[str]] = OrderedDict()
+
+    def __call__(self, text: str) -> frozenset[str]:
+        found = self.sets.get(text)
+        if found is not None:
+            self.sets.move_to_end(text)
+            return found
+        found = self.sets[text] = findable(text)
+        self.held += len(text)
+        while self.held > self.chars:
+            dropped, _ = self.sets.popitem(last=False)
+            self.held -= len(dropped)
+        return found
+
+
+# One for the process, as `findable` depends on nothing else: some 2,000 candidates of everyday
+# length (a title, a few tags, a short paragraph).
+findable_cached = FindableCache(FINDABLE_CACHE_CHARS)
+
+
+class Findable(NamedTuple):
+    """A candidate, and the terms its title, tags and body would each be found by."""
+
+    candidate: MatchCandidate
+    title: frozenset[str]
+    tags: frozenset[str]
+    body: frozenset[str]
+
+
+def findable_pool(candidates: list[MatchCandidate]) -> list[Findable]:
+    return [Findable(candidate, findable_cached(candidate.title), findable_cached(candidate.tags),
+                     findable_cached(candidate.body)) for candidate in candidates]  # fmt: skip
+
+
+def shared_prefix(one: str, other: str) -> int:
+    """How many leading characters two geohashes have in common."""
+    shared = 0
+    for a, b in zip(one, other, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return shared
 
 
 def wanted_kind(kind: str) -> str:
@@ -114,19 +199,61 @@ async def matches_for(node: Node, view: ItemView, viewer: User | None, *,
     member does: a visitor (public_offers) may see this node's own open offers and nothing
     else, so suggesting them needs or allies' offers would show what they may not see.
     """
-    state = view.state
+    return (await matches_for_each(node, [view], viewer, limit=limit))[0]
+
+
+async def matches_for_each(node: Node, views: list[ItemView], viewer: User | None, *,
+                           limit: int = MATCHES_SHOWN) -> list[list[Match]]:  # fmt: skip
+    """`matches_for` each of these items, reading the pool of each kind and category once:
+    the coordinator queue shows up to 200 needs, in a handful of categories."""
     now = node.now_text()
-    if viewer is None or state["status"] != "open" or state["expires"] <= now:
-        return []
+    pools: dict[tuple[str, str], list[Findable]] = {}
+    found = []
+    for view in views:
+        state = view.state
+        if viewer is None or state["status"] != "open" or state["expires"] <= now:
+            found.append([])
+            continue
+        # The item itself is never a candidate: it is of the other kind.
+        key = (wanted_kind(state["kind"]), state["category"])
+        if key not in pools:
+            pools[key] = findable_pool(await node.store.match_candidates(
+                kind=key[0], category=key[1], now=now, pool=MATCH_POOL,
+                category_pool=MATCH_POOL_CATEGORY,
+            ))  # fmt: skip
+        found.append([
+            Match(view=node.view(candidate.item(), viewer), same_category=same_category,
+                  words_in_common=text_score > 0, shared_geohash=shared)
+            for candidate, same_category, text_score, shared in rank(state, pools[key], limit)
+        ])  # fmt: skip
+    return found
+
+
+# A candidate as ranked: it, same category, text score relative to the best (0–1), geohash
+# characters shared.
+Ranked = tuple[MatchCandidate, bool, float, int]
+
+
+def rank(state: dict, pool: list[Findable], limit: int) -> list[Ranked]:
+    """The `limit` candidates that match the item best, ties to the newer."""
+    terms = frozenset(match_terms(state))
+    hits = []
+    for candidate, title, tags, body in pool:
+        same_category = candidate.category == state["category"]
+        points = (TITLE_WEIGHT * len(terms & title) + TAGS_WEIGHT * len(terms & tags)
+                  + BODY_WEIGHT * len(terms & body))  # fmt: skip
+        if same_category or points:
+            hits.append((candidate, same_category, points))
+    best = max((points for _, _, points in hits), default=0)
     geohash = state.get("location", {}).get("geohash", "")
-    found = await node.store.match_candidates(
-        kind=wanted_kind(state["kind"]), exclude_id=state["id"], category=state["category"],
-        text_query=match_query(match_terms(state)), geohash=geohash, now=now,
-        weights=(CATEGORY_WEIGHT, TEXT_WEIGHT, GEOHASH_WEIGHT), bm25_weights=BM25_WEIGHTS,
-        limit=limit,
-    )  # fmt: skip
-    return [
-        Match(view=node.view(row, viewer), same_category=same_category,
-              words_in_common=text_score > 0, shared_geohash=shared)
-        for row, same_category, text_score, shared in found
-    ]  # fmt: skip
+    shared_by_cell: dict[str, int] = {}  # many candidates are in the same few cells
+    ranked = []
+    for candidate, same_category, points in hits:
+        text_score = points / best if best else 0.0
+        shared = shared_by_cell.get(candidate.geohash)
+        if shared is None:
+            shared = shared_by_cell[candidate.geohash] = shared_prefix(candidate.geohash, geohash)
+        score = CATEGORY_WEIGHT * same_category + TEXT_WEIGHT * text_score + GEOHASH_WEIGHT * shared
+        ranked.append(((score, candidate.created, candidate.row),
+                       (candidate, same_category, text_score, shared)))  # fmt: skip
+    return [entry for _, entry in heapq.nlargest(limit, ranked, key=itemgetter(0))]

@@ -9,8 +9,8 @@ many nodes in one process). Two kinds of metric, by where the truth already is:
   remember to count it;
 - events that leave no durable trace are counted in memory where they happen, from zero at
   each start as Prometheus counters may: HTTP requests and their durations (the
-  `request_observer`, fed by `logs.ObserveRequests`), entries taken in from allies (`Allies.ingest`) and pushes to
-  followers (`Allies.deliver`).
+  `request_observer`, fed by `logs.ObserveRequests`), entries taken in from allies (`Allies.ingest`), their snapshots
+  (`Allies.sync_from_snapshot`) and pushes to followers (`Allies.deliver`).
 
 Labels stay bounded: requests by route *name*, never by path (item ids would make a series
 each); peers by base URL, a set the admin controls. The endpoint reveals the alliance graph,
@@ -57,6 +57,12 @@ INGEST_OUTCOMES = (
     "accepted",  # valid in the chain, and its content applied (or nothing to apply)
     "refused",   # valid in the chain, its content refused (the peer's refusals say why)
     "invalid",   # broke the chain (shape, seq, hash, key, signature): the batch stopped there
+)  # fmt: skip
+
+# What became of a snapshot of an ally's feed (`Allies.sync_from_snapshot`).
+SNAPSHOT_OUTCOMES = (
+    "taken",     # every page taken in; the cursor moved to the head the first page named
+    "fallback",  # refused, or not served: what it gave was taken back, the whole feed is read
 )  # fmt: skip
 
 
@@ -164,8 +170,21 @@ class Metrics:
             "aidnode_pushes", "Push requests to followers since start, by outcome (ok, conflict, "
             "too_large, error, stopped, behind).", ["outcome"], registry=self.registry,
         )  # fmt: skip
+        self.snapshots = Counter(
+            "aidnode_snapshots", "Snapshots of allies' feeds read since start, by outcome "
+            "(taken: the cursor moved to the head it named; fallback: the whole feed is read "
+            "instead).", ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.snapshot_entries = Counter(
+            "aidnode_snapshot_entries", "Entries of allies' snapshots taken in since start, by "
+            "outcome (accepted, refused).", ["outcome"], registry=self.registry,
+        )  # fmt: skip
         for outcome in INGEST_OUTCOMES:
             self.ingested.labels(outcome)
+        for outcome in SNAPSHOT_OUTCOMES:
+            self.snapshots.labels(outcome)
+        for outcome in ("accepted", "refused"):
+            self.snapshot_entries.labels(outcome)
         for outcome in PUSH_OUTCOMES:
             self.pushes.labels(outcome)
         Info("aidnode", "The software this node runs.", registry=self.registry).info(
@@ -183,6 +202,11 @@ class Metrics:
         self.ingested.labels("accepted").inc(max(0, accepted - refused))
         self.ingested.labels("refused").inc(refused)
         self.ingested.labels("invalid").inc(invalid)
+
+    def took_in_snapshot(self, *, entries: int, refused: int) -> None:
+        """Count one committed snapshot page (`entries` taken in, `refused` among them)."""
+        self.snapshot_entries.labels("accepted").inc(max(0, entries - refused))
+        self.snapshot_entries.labels("refused").inc(refused)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"

@@ -45,7 +45,7 @@ from .config import (
 from .errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from .feed import HOLD_KEY, ChainProblem, Feed, check_feed, node_keys
 from .metrics import Metrics
-from .store import ItemQuery, ItemRow, Store, User
+from .store import ItemQuery, ItemRow, Session, Store, User
 
 log = logging.getLogger("aidnode")
 # Requests a minute to /federation/…: enough for a busy ally pushing each entry as it is
@@ -238,13 +238,20 @@ class Node:
         return entry
 
     async def check(self) -> dict:
-        """Verify the database, the whole chain and every federated item against its entry."""
+        """Verify the database, the whole chain and every federated item against its entry.
+
+        All in one read transaction: the node may be serving, and a change committed between
+        reading the feed and reading the items would look like an item without its entry."""
         async with self.store.read() as db:
-            async with db.execute("PRAGMA integrity_check") as cursor:
-                (result,) = await cursor.fetchone()
-            if result != "ok":
-                raise ChainProblem(f"the database is damaged: {result}")
-            return await check_feed(db, self.config.base_url)
+            await db.execute("BEGIN")
+            try:
+                async with db.execute("PRAGMA integrity_check") as cursor:
+                    (result,) = await cursor.fetchone()
+                if result != "ok":
+                    raise ChainProblem(f"the database is damaged: {result}")
+                return await check_feed(db, self.config.base_url)
+            finally:
+                await db.execute("COMMIT")
 
     # ------------------------------------------------------------------------ accounts
 
@@ -320,7 +327,7 @@ class Node:
         )  # fmt: skip
         return token
 
-    async def session(self, token: str) -> tuple[User, str] | None:
+    async def session(self, token: str) -> Session | None:
         return await self.store.session(secret_hash(token), self.now_text())
 
     async def logout(self, token: str) -> None:

@@ -82,7 +82,7 @@ def openapi_document(node) -> dict:
                     "parameters": [
                         query("kind", {"enum": list(r.KINDS)}, "Offers or needs."),
                         query("category", {"enum": list(r.CATEGORIES)}, "One category."),
-                        query("q", {"type": "string", "maxLength": 200}, "Words to search for."),
+                        query("q", {"type": "string", "maxLength": 200}, "Words to search for (each a prefix; all must occur). Matches come newest first."),
                         query("status", {"enum": ["open", "promised", "fulfilled", "withdrawn"]},
                               "Default: open and promised."),
                         query("origin", {"anyOf": [{"enum": ["local", "remote", "all"]},

@@ -42,7 +42,7 @@ from starlette.routing import Route
 
 from federation import items as item_rules
 from federation.errors import MalformedError, ProtocolError
-from federation.httpsig import NONCE_MEMORY_SECONDS, SignatureError, verify_request
+from federation.httpsig import NONCE_MEMORY_SECONDS, SignatureError, claimed_key_id, verify_request
 from federation.items import N_
 from federation.keys import parse_public_key
 from federation.strictjson import loads_strict
@@ -184,6 +184,15 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
         signed = "signature" in request.headers or "signature-input" in request.headers
         if access == "feed_reader" and node.config.feed_public and not signed:
             return
+        # A node already over its limit is told so before its body is read or its signature
+        # checked, by the key id it claims: only verified requests count (below), so naming
+        # another node's key cannot spend that node's budget, only be refused with it.
+        claimed = claimed_key_id(request.headers.get("signature-input", ""))
+        if claimed is not None:
+            wait = node.federation_by_node.retry_after(claimed.rsplit("#", 1)[0])
+            if wait > 0:
+                raise TooManyRequests(N_("too many requests from your node: slow down"),
+                                      retry_after=int(wait) + 1)  # fmt: skip
         signers = "any" if access == "any_node" else "trusted"
         if access == "inbox_sender":
             signers = INBOX_SIGNERS.get(await inbox_message_type(request), "trusted")
@@ -209,9 +218,9 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
     if cookie:
         found = await node.session(cookie)
         if found is not None:
-            request.state.user, request.state.csrf_token = found
-            # For the page header's "Notifications (n)" (server/notifications.py).
-            request.state.unread_notifications = await node.notifications.unread_count(found[0])
+            # With the page header's "Notifications (n)" (server/notifications.py).
+            request.state.user, request.state.csrf_token = found.user, found.csrf_token
+            request.state.unread_notifications = found.unread_notifications
             return
     # A visitor: a double-submit CSRF token in its own cookie protects the login and join forms.
     token = request.cookies.get(csrf_cookie_name(request))

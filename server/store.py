@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -129,6 +129,14 @@ def _item(row: aiosqlite.Row) -> ItemRow:
     )  # fmt: skip
 
 
+class Session(NamedTuple):
+    """A live session, as a page needs it."""
+
+    user: "User"
+    csrf_token: str
+    unread_notifications: int
+
+
 USER_COLUMNS = "id, username, display_name, role, disabled, created, language"
 ITEM_COLUMNS = "row, state, origin, is_local, owner_id, escalation, share_author, via"
 
@@ -164,8 +172,10 @@ def _item_params(state: dict, origin: str, is_local: bool, owner_id: int | None,
 
 
 def fts_query(text: str) -> str:
-    """Quote member text term by term for FTS5 (never raw MATCH syntax); each term a prefix."""
-    terms = [term.replace('"', '""') for term in text.split()]
+    """Quote member text term by term for FTS5 (never raw MATCH syntax); each term a prefix.
+    A NUL ends FTS5's reading of the query (an unterminated string): it separates terms
+    instead, as no item text holds one."""
+    terms = [term.replace('"', '""') for term in text.replace("\x00", " ").split()]
     return " ".join(f'"{term}"*' for term in terms if term)
 
 
@@ -485,15 +495,17 @@ class Store:
                 (token_hash, user_id, csrf_token, now, expires),
             )
 
-    async def session(self, token_hash: str, now: str) -> tuple[User, str] | None:
-        """The live session's user and CSRF token, or None."""
+    async def session(self, token_hash: str, now: str) -> "Session | None":
+        """The live session's user, CSRF token and unread notifications, or None: one query,
+        since every page asks all three."""
         row = await self.fetch_one(
-            f"SELECT csrf_token, {', '.join('u.' + c for c in USER_COLUMNS.split(', '))}"
-            " FROM sessions s JOIN users u ON u.id = s.user_id"
+            f"SELECT csrf_token, {', '.join('u.' + c for c in USER_COLUMNS.split(', '))},"
+            " (SELECT count(*) FROM notifications n WHERE n.user_id = u.id AND n.read IS NULL)"
+            " AS unread FROM sessions s JOIN users u ON u.id = s.user_id"
             " WHERE s.token_hash = ? AND s.expires > ? AND NOT u.disabled",
             (token_hash, now),
         )
-        return None if row is None else (_user(row), row["csrf_token"])
+        return None if row is None else Session(_user(row), row["csrf_token"], row["unread"])
 
     async def delete_session(self, token_hash: str) -> None:
         async with self.write() as db:
@@ -926,6 +938,13 @@ class Store:
         await db.executemany("DELETE FROM items WHERE id = ? AND NOT is_local",
                              [(item_id,) for item_id in item_ids])  # fmt: skip
 
+    async def drop_items_read_from(self, db: aiosqlite.Connection, peer_id: int) -> int:
+        """Remove the remote items last read from a peer's feed (taking back a snapshot
+        that failed, server/allies.py)."""
+        cursor = await db.execute("DELETE FROM items WHERE NOT is_local AND source_peer = ?",
+                                  (peer_id,))  # fmt: skip
+        return cursor.rowcount
+
     async def drop_expired_remote_items(self, now: str) -> int:
         async with self.write() as db:
             cursor = await db.execute(
@@ -1005,41 +1024,22 @@ class Store:
     # ------------------------------------------------------------------------ matching, queue
 
     async def match_candidates(
-        self, *, kind: str, exclude_id: str, category: str, text_query: str, geohash: str,
-        now: str, weights: tuple[float, float, float], bm25_weights: tuple[float, float, float],
-        limit: int,
-    ) -> list[tuple[ItemRow, bool, float, int]]:
-        """Open, live items of `kind` (never `exclude_id`) that share `category` or match
-        `text_query` (FTS5 syntax the caller built from quoted terms; "" for none), best first
-        by weights[0] × same category + weights[1] × bm25 relative to the best text match
-        among them (0–1) + weights[2] × leading geohash characters shared (server/matching.py).
-        Each with: same category, its relative text score, geohash characters shared."""
-        if text_query:
-            text = "SELECT rowid, bm25(items_fts, ?, ?, ?) FROM items_fts WHERE items_fts MATCH ?"
-            text_params: tuple = (*bm25_weights, text_query)
-        else:
-            text, text_params = "SELECT NULL, NULL WHERE 0", ()
-        # substr(geohash, 1, k) = its first k characters, for each k the given geohash has:
-        # their sum is the length of the shared prefix (a NULL or shorter geohash adds 0).
-        prefixes = [geohash[:k] if len(geohash) >= k else None for k in range(1, 6)]
-        columns = ", ".join("i." + c for c in ITEM_COLUMNS.split(", "))
+        self, *, kind: str, category: str, now: str, pool: int, category_pool: int
+    ) -> list["MatchCandidate"]:
+        """The pool matching scores (server/matching.py): the newest `pool` open, live items of
+        `kind` and the newest `category_pool` of them in `category`, each once. Two index
+        range reads (migration 0009), whatever the node holds; each candidate's full row is
+        parsed only if it is shown."""
+        newest = ("SELECT row FROM items WHERE kind = ?1 AND status = 'open' {also}"
+                  " AND expires > ?2 ORDER BY created DESC, row DESC LIMIT {limit}")  # fmt: skip
         rows = await self.fetch_all(
-            f"WITH text(row, score) AS MATERIALIZED ({text})"
-            f" SELECT {ITEM_COLUMNS}, same_category, text_score, shared FROM ("
-            f"  SELECT {columns}, i.created, (i.category = ?) AS same_category,"
-            "   coalesce(substr(i.geohash, 1, 1) = ?, 0) + coalesce(substr(i.geohash, 1, 2) = ?, 0)"
-            "   + coalesce(substr(i.geohash, 1, 3) = ?, 0) + coalesce(substr(i.geohash, 1, 4) = ?, 0)"
-            "   + coalesce(substr(i.geohash, 1, 5) = ?, 0) AS shared,"
-            "   coalesce(t.score / nullif(min(t.score) OVER (), 0), 0) AS text_score"
-            "  FROM items i LEFT JOIN text t ON t.row = i.row"
-            "  WHERE i.kind = ? AND i.status = 'open' AND i.expires > ? AND i.id != ?"
-            "   AND (i.category = ? OR t.row IS NOT NULL)"
-            " ) ORDER BY ? * same_category + ? * text_score + ? * shared DESC, created DESC, row DESC"
-            " LIMIT ?",
-            (*text_params, category, *prefixes, kind, now, exclude_id, category, *weights, limit),
+            f"WITH pool(row) AS (SELECT row FROM ({newest.format(also='', limit='?3')})"
+            f" UNION SELECT row FROM ({newest.format(also='AND category = ?4', limit='?5')}))"
+            " SELECT row, category, coalesce(geohash, ''), title, tags, body, created,"
+            f" {ITEM_COLUMNS} FROM items WHERE row IN pool",
+            (kind, now, pool, category, category_pool),
         )
-        return [(_item(row), bool(row["same_category"]), row["text_score"], row["shared"])
-                for row in rows]  # fmt: skip
+        return [MatchCandidate(*row[:7], row) for row in rows]
 
     async def unmet_local_needs(self, now: str, limit: int) -> list[ItemRow]:
         """This node's open, live needs: urgent first, then normal, then low; oldest first."""
@@ -1061,6 +1061,24 @@ class Store:
         return {row[0]: row[1] for row in rows}
 
 
+class MatchCandidate(NamedTuple):
+    """An open, live item as matching weighs it: the columns it is scored on, and its full
+    row, parsed (`item()`) only for the few that are shown. A tuple: hundreds are made per
+    page, and a dataclass costs several times more to make."""
+
+    row: int
+    category: str
+    geohash: str  # "" for none
+    title: str
+    tags: str
+    body: str
+    created: str
+    columns: aiosqlite.Row
+
+    def item(self) -> ItemRow:
+        return _item(self.columns)
+
+
 @dataclass
 class ItemQuery:
     """A filtered, paged item listing. Visibility rules are the caller's to set:
@@ -1076,8 +1094,8 @@ class ItemQuery:
     item_id: str | None = None
     owner_id: int | None = None
     limit: int = 50
-    after: tuple[str, int] | None = None
-    offset: int = 0
+    after: tuple[str, int] | None = None  # (created, row) of the last item of the page before
+    after_row: int | None = None  # with `q`: the row of the last item of the page before
     public_only: bool = False
     near: str | None = None  # a geohash prefix
 
@@ -1109,17 +1127,24 @@ class ItemQuery:
         join = ""
         order = "i.created DESC, i.row DESC"
         if self.q and fts_query(self.q):
+            # Matches newest first, by the row the item was stored in: FTS5 walks its index in
+            # rowid order and stops at the page's end, so a search costs about the same
+            # whatever the node holds. (Ordering by bm25 rank would score every match first:
+            # 100 ms and more for a common word among 100,000 items.)
             join = " JOIN items_fts f ON f.rowid = i.row"
             where.append("items_fts MATCH ?")
             params.append(fts_query(self.q))
-            order = "f.rank, i.row DESC"
+            order = "f.rowid DESC"
+            if self.after_row is not None:
+                where.append("f.rowid < ?")
+                params.append(self.after_row)
         elif self.after is not None:
             where.append("(i.created, i.row) < (?, ?)")
             params.extend(self.after)
         sql = (
             f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS.split(', '))} FROM items i{join}"
-            f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ? OFFSET ?"
+            f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
         )
-        params.extend([self.limit, self.offset])
+        params.append(self.limit)
         return sql, tuple(params)
 

@@ -9,17 +9,22 @@ source. `scripts/i18n` extracts the strings and updates and compiles the catalog
 """
 
 import gettext
+from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from federation import items as item_rules
 
+from .labels import Labels
+
 DOMAIN = "aidnode"
 DEFAULT_LANGUAGE = "en"
+CARD_CACHE_SIZE = 5000  # rendered cards kept per language, about 3 MB
 # Each language by its own name, as the account page offers it (never translated).
 LANGUAGE_NAMES = {"en": "English", "es": "Español"}
 
@@ -53,6 +58,35 @@ def negotiate_language(accept_language: str, available: tuple[str, ...]) -> str:
     return min(choices)[2] if choices else DEFAULT_LANGUAGE
 
 
+class Cards:
+    """Item cards for lists, each rendered once per look and kept (the newest CARD_CACHE_SIZE).
+
+    A page of thirty cards is most of what rendering a listing costs, and the same items are
+    listed again and again. The key holds everything `_item_card.html` shows that can change
+    while the item's version stays the same: who it is from, the relaying groups' names, the
+    poster's name (a local setting) and the age as it reads now."""
+
+    def __init__(self, env: jinja2.Environment, labels: Labels) -> None:
+        self._env, self._labels = env, labels
+        self._kept: OrderedDict[tuple, Markup] = OrderedDict()
+        self._macro = None
+
+    def __call__(self, view) -> Markup:
+        state, age = view.state, self._labels.age(view.age_seconds)
+        key = (state["id"], state["version"], state.get("author"), view.row.is_local,
+               view.origin_name, view.via_names, age)  # fmt: skip
+        html = self._kept.get(key)
+        if html is not None:
+            self._kept.move_to_end(key)
+            return html
+        if self._macro is None:
+            self._macro = self._env.get_template("_item_card.html").module.card
+        html = self._kept[key] = self._macro(view, age)
+        if len(self._kept) > CARD_CACHE_SIZE:
+            self._kept.popitem(last=False)
+        return html
+
+
 class Templates:
     """Loads templates once; renders a page in the request's language."""
 
@@ -77,12 +111,15 @@ class Templates:
             env = jinja2.Environment(
                 loader=self._loader,
                 autoescape=True,
+                auto_reload=False,  # packaged templates: no stat of every file on every render
                 extensions=["jinja2.ext.i18n"],
                 trim_blocks=True,
                 lstrip_blocks=True,
             )
             env.install_gettext_translations(self.translations(language), newstyle=True)
             env.globals["rules"] = item_rules
+            env.globals["labels"] = labels = Labels(self.translations(language))
+            env.globals["card"] = Cards(env, labels)
             env.globals["language_choices"] = [(code, LANGUAGE_NAMES.get(code, code))
                                                for code in self._languages]  # fmt: skip
             self._envs[language] = env

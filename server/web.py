@@ -27,7 +27,7 @@ from .errors import (
     TooManyRequests,
     Unauthorized,
 )
-from .matching import matches_for
+from .matching import matches_for, matches_for_each
 from .node import ROLES, has_role
 from .notifications import account_context
 from .responses import item_responses
@@ -77,8 +77,9 @@ async def home(request: Request) -> Response:
     # became of the responses I sent.
     my_needs = [view for view in context["my_items"]
                 if view.state["kind"] == "need" and view.state["status"] == "open"]  # fmt: skip
-    context["need_matches"] = [(view, await matches_for(node, view, user, limit=3))
-                               for view in my_needs[:5]]  # fmt: skip
+    shown = my_needs[:5]
+    matches = await matches_for_each(node, shown, user, limit=3)
+    context["need_matches"] = list(zip(shown, matches, strict=True))
     received = await node.responses.received_for(user)
     context["responses_waiting"] = [r for r in received
                                     if r.state == "pending" and _owned(context["my_items"], r.item)][:10]  # fmt: skip
@@ -229,7 +230,8 @@ def form_to_item(form: FormData, *, creating: bool, current: dict | None, now) -
         data["reach"] = str(form.get("reach"))
     if form.get("hop_limit") and data.get("reach", (current or {}).get("reach")) == "network":
         raw = str(form.get("hop_limit"))
-        data["hop_limit"] = int(raw) if raw.isdigit() else raw
+        # Not int()'s digits ("²") or too many of them: the item rules refuse it as text.
+        data["hop_limit"] = int(raw) if raw.isdecimal() and len(raw) <= 20 else raw
     if form.get("expires"):
         data["expires"] = _date_to_expires(str(form.get("expires")),
                                            (current or {}).get("created"), now)  # fmt: skip

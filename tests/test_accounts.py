@@ -72,7 +72,7 @@ async def test_an_attackers_session_planted_in_a_browser_dies_at_the_victims_log
     await login(victim, "jo", PASSWORD)
     issued = victim.cookies.get(cookie_name(harness))
     assert issued != planted
-    user, _ = await harness.node.session(issued)
+    user = (await harness.node.session(issued)).user
     assert user.username == "jo"
     # The planted session is gone: no one shares Jo's login.
     assert await harness.node.session(planted) is None

@@ -115,6 +115,16 @@ async def test_list_filters_search_and_pages(harness):
     assert [item["title"] for item in found] == ["Ride to the clinic"]
     prefix = (await api.get("/api/v1/items", params={"q": "alumin"})).json()["items"]
     assert len(prefix) == 7
+    # Search pages newest first too, by a cursor (never an offset): each match exactly once.
+    seen, cursor = [], None
+    while True:
+        params = {"q": "alumin offer", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await api.get("/api/v1/items", params=params)).json()
+        seen += [item["title"] for item in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [f"Offer number {i}" for i in range(6, -1, -1)]
     # FTS syntax in the query is text, not syntax.
     odd = await api.get("/api/v1/items", params={"q": 'ramp" OR "x* NEAR('})
     assert odd.status_code == 200 and odd.json()["items"] == []
@@ -181,3 +191,21 @@ async def test_unknown_and_remote_uuids(harness):
     assert (await api.patch(f"/api/v1/items/{missing}", json={"title": "x"})).status_code == 403
     listed = (await api.get("/api/v1/items", params={"origin": "remote"})).json()["items"]
     assert [item["id"] for item in listed] == [remote["id"]]
+
+
+async def test_search_follows_edits_and_only_words_rewrite_the_index(harness):
+    api = await harness.api_client("jo")
+    item = (await api.post("/api/v1/items", json=OFFER)).json()
+    uuid = item["id"].rsplit("/", 1)[1]
+
+    async def found(words: str) -> list[str]:
+        listed = (await api.get("/api/v1/items", params={"q": words})).json()["items"]
+        return [i["title"] for i in listed]
+
+    await api.patch(f"/api/v1/items/{uuid}", json={"status": "promised", "quantity": "2"})
+    assert await found("wheelchair") == ["Wheelchair ramp to lend"]
+    await api.patch(f"/api/v1/items/{uuid}", json={"title": "Folding ramp", "tags": ["access"]})
+    assert await found("wheelchair") == []
+    assert await found("folding access") == ["Folding ramp"]
+    async with harness.node.store.write() as db:  # the index agrees with the items it covers
+        await db.execute("INSERT INTO items_fts(items_fts, rank) VALUES ('integrity-check', 1)")

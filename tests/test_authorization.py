@@ -2,13 +2,19 @@
 
 Every route declares its access level. This test holds the expected level of every route in
 a table of its own, so a route cannot be added (or loosened) without this file saying so,
-then checks each cell, anonymous, member, coordinator and admin, against the live app.
+then checks each cell, anonymous, member, coordinator, admin and another node, against the
+live app.
 """
 
+import json
+
+import httpx
 import pytest
 
+from federation.httpsig import sign_request
 from server.routing import AccessRoute
 from tests.conftest import csrf_of
+from tests.test_feed import WEST, trust_peer
 
 pytestmark = pytest.mark.anyio
 
@@ -68,6 +74,7 @@ EXPECTED = {
     ("GET", "/nodeinfo/2.1"): "anyone",
     ("GET", "/metrics"): "loopback_or_admin",
     ("GET", "/federation/feed"): "feed_reader",
+    ("GET", "/federation/snapshot"): "feed_reader",
     ("GET", "/federation/cursor"): "trusted_node",
     ("POST", "/federation/inbox"): "inbox_sender",
     ("POST", "/federation/subscriptions"): "any_node",
@@ -172,3 +179,51 @@ async def test_coordinators_cannot_reach_admin_pages_by_api_token(harness):
     admin_api = await harness.api_client("root", "admin")
     response = await admin_api.get("/admin/members", follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"].startswith("/login")
+
+
+FEDERATION_ACCESS = ("feed_reader", "trusted_node", "any_node", "inbox_sender")
+
+
+@pytest.mark.parametrize("trust", ["trusted", "unknown", "blocked"])
+async def test_route_matrix_for_another_node(harness, trust):
+    """The matrix's fifth column: a request signed by another node, trusted, known or blocked.
+
+    A node's signature counts on the federation routes alone: everywhere else the request is
+    answered exactly as the same request from an anonymous visitor. On the federation routes,
+    a trusted node is let in; a node known but not trusted only where any node may come; a
+    blocked node nowhere (its key is not looked up, or it is told no).
+    """
+    key = await trust_peer(harness)
+    if trust != "trusted":
+        async with harness.node.store.write() as db:
+            await db.execute("UPDATE peers SET trust = ?", (trust,))
+    owner = await harness.api_client("owner")
+    item = (await owner.post("/api/v1/items", json={
+        "kind": "offer", "title": "Bike", "body": "A bike.", "category": "transport",
+    })).json()  # fmt: skip
+    params = {"uuid": item["id"].rsplit("/", 1)[1], "code": "x" * 43, "user_id": "1",
+              "invite_id": "1", "id": "1", "peer_id": "1"}  # fmt: skip
+    async with harness.client(follow_redirects=False) as client:
+        for method, path, route in declared_routes(harness.app):
+            url = harness.config.base_url + path.format(**params)
+            body = b"{}" if method in ("POST", "PATCH") else b""
+            if (method, path) == ("POST", "/federation/subscriptions"):
+                body = json.dumps({"subscriber": WEST}).encode()
+            headers = {"content-type": "application/json"} if body else {}
+            signed = sign_request(httpx.Request(method, url, content=body, headers=headers),
+                                  key, key.key_id(WEST), now=harness.clock())  # fmt: skip
+            response = await client.send(signed)
+            cell = f"{method} {path} signed by a {trust} node: {response.status_code} {response.text[:200]}"
+            assert response.status_code < 500, cell
+            if route.access not in FEDERATION_ACCESS:
+                plain = await client.request(method, url, content=body, headers=headers)
+                assert response.status_code == plain.status_code, cell
+                if route.access not in ("anyone", "loopback_or_admin"):
+                    assert response.status_code in (303, 401, 403, 404), cell
+                    assert response.status_code != 404 or route.access == "visitor_if_public", cell
+            elif trust == "trusted" or (trust == "unknown" and route.access == "any_node"):
+                assert response.status_code not in (401, 403), cell
+                if route.access == "any_node":
+                    assert response.status_code in (200, 202), cell
+            else:
+                assert response.status_code in ((401, 403) if route.access == "any_node" else (401,)), cell

@@ -34,6 +34,7 @@ from federation.entries import (
     key_proof_input,
     sign_entry,
     sign_entry_encoded,
+    signatures_valid,
     signing_input,
     verify_chain,
     verify_signature,
@@ -891,3 +892,26 @@ def test_a_key_entry_signed_by_the_new_key_is_refused():
     """The hand-over must be signed by the key in force, not by the key it introduces."""
     # Signed and named as the new key.
     refused(rotation_chain(signer=NEXT_KEY), "not the key in force")
+
+
+def test_signatures_valid_and_what_accept_skips():
+    """`signatures_valid` says, entry by entry, which signatures verify; `accept` skips its
+    own check only when told the very key in force verified the entry."""
+    key, other = NodeKey("main", Ed25519PrivateKey.generate()), NodeKey("main", Ed25519PrivateKey.generate())
+    origin = "https://eastside.example"
+    good = sign_entry(origin=origin, seq=1, prev=None, type="item", at="2026-11-24T18:00:00Z",
+                      body={"n": 1}, key=key)  # fmt: skip
+    forged = {**good, "sig": sign_entry(origin=origin, seq=1, prev=None, type="item",
+                                        at="2026-11-24T18:00:00Z", body={"n": 2}, key=key)["sig"]}
+    read = loads_strict(json.dumps([good, forged, {"sig": 3}, "not an entry"]).encode())
+    assert signatures_valid(read, key.public) == [True, False, False, False]
+    assert signatures_valid(read[:1], other.public) == [False]
+
+    def chain():
+        return ChainState(origin, 0, None, key.key_id(origin), key.public, strictly_read=True)
+
+    with pytest.raises(EntryError, match="signature"):
+        chain().accept(read[1], verified_by=other.public)  # another key's word counts for nothing
+    with pytest.raises(EntryError, match="signature"):
+        chain().accept(read[1])
+    assert chain().accept(read[0], verified_by=key.public)["seq"] == 1

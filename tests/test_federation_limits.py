@@ -5,7 +5,7 @@ import pytest
 
 from federation.keys import public_key_text
 from server.accounts import RateLimiter
-from tests.test_inbox import send, signed
+from tests.test_inbox import push, send, signed
 from tests.test_ingest import WestFeed, add_west
 
 pytestmark = pytest.mark.anyio
@@ -45,3 +45,24 @@ async def test_an_address_over_its_limit_is_refused_before_any_signature_work(ha
     assert refused.status_code == 429 and refused.headers["retry-after"]
     # The rest of the node serves on: the limit is for /federation/ only.
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_node_over_its_limit_is_refused_before_its_body_is_read(harness, monkeypatch):
+    """Over its limit, a node's next request is refused by the key id it claims, before the
+    body is parsed or the signature checked; and only verified requests count, so a forger
+    naming a node's key does not spend that node's budget."""
+    west = WestFeed()
+    await add_west(harness, west)
+    harness.node.federation_by_node = RateLimiter(2, 60)
+    forger = WestFeed()  # another key under West's key id: its signature cannot verify
+    for _ in range(3):
+        forged = await send(harness, signed(harness, forger.key, "GET", "/federation/cursor"))
+        assert forged.status_code == 401
+    for _ in range(2):
+        assert (await send(harness, signed(harness, west.key, "GET", "/federation/cursor"))).status_code == 200
+    parsed = []
+    monkeypatch.setattr("server.routing.loads_strict", lambda body: parsed.append(body))
+    refused = await send(harness, signed(harness, west.key, "POST", "/federation/inbox",
+                                         push(west, [])))  # fmt: skip
+    assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 61
+    assert parsed == []  # the inbox's body was never read as JSON

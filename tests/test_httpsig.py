@@ -33,6 +33,7 @@ from federation.httpsig import (
     MemoryNonces,
     SignatureError,
     VerifiedRequest,
+    claimed_key_id,
     new_nonce,
     sign_request,
     verify_request,
@@ -519,3 +520,11 @@ def test_rfc9421_b26_is_refused_outside_300_seconds():
                                                                tzinfo=datetime.UTC))  # fmt: skip
     with pytest.raises(InvalidSignature, match="300 s"):
         verify_vector(vector_request(), now=VECTOR_CREATED - datetime.timedelta(seconds=301))
+
+
+def test_the_claimed_key_id_is_read_without_verifying():
+    header = 'sig1=("@method" "@target-uri");created=1;keyid="https://x.example#main";nonce="n"'
+    assert claimed_key_id(header) == "https://x.example#main"
+    for bad in ("", "garbage(((", 'sig1=1', 'a=("x");keyid=2', 'a=("x");keyid="k", b=("y");keyid="j"',
+                "ünïcode=1"):  # fmt: skip
+        assert claimed_key_id(bad) is None

@@ -350,3 +350,35 @@ async def test_a_different_signed_entry_at_our_cursor_is_a_fork(harness):
     assert accepted == 0 and problem.startswith("fork: entry 2")
     peer = await harness.node.store.peer(peer_id)
     assert peer.forked and peer.received_seq == 2 and peer.received_hash == entry_hash(feed.entries[1])
+
+
+async def test_a_batch_checked_ahead_still_stops_at_the_first_bad_signature(harness):
+    """Batches of 8 or more have their signatures checked on the verifier threads first
+    (`Allies._verify_ahead`): an entry whose signature does not verify stops the batch there,
+    exactly as one checked in order does."""
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    for n in range(1, 21):
+        feed.append(item(n))
+    # Entry 15 keeps its place in the chain but carries entry 14's signature.
+    forged = {**feed.entries[14], "sig": feed.entries[13]["sig"]}
+    entries = [*feed.entries[:14], forged, *feed.entries[15:]]
+    accepted, problem = await harness.node.allies.ingest(peer_id, entries, head_seq=20)
+    assert accepted == 14 and "signature does not verify" in problem
+    peer = await harness.node.store.peer(peer_id)
+    assert peer.received_seq == 14
+
+
+async def test_a_rotation_inside_a_batch_checked_ahead_is_followed(harness):
+    """Entries after a key entry in the same batch were checked ahead with the old key and
+    failed there; in order they are checked again with the new key and accepted."""
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    for n in range(1, 6):
+        feed.append(item(n))
+    new = generate_key("key2")
+    feed.append(key_entry_body(WEST, 6, new), type="key")
+    for n in range(6, 16):
+        feed.append(item(n), key=new)
+    assert len(feed.entries) >= 8
+    assert await harness.node.allies.ingest(peer_id, feed.entries, head_seq=16) == (16, None)

@@ -7,7 +7,8 @@ import pytest
 
 from federation import items as item_rules
 from federation.timefmt import format_time
-from server.matching import match_query, match_terms, matches_for
+from server import matching
+from server.matching import match_terms, matches_for
 
 pytestmark = pytest.mark.anyio
 
@@ -157,7 +158,7 @@ async def test_ended_expired_and_the_item_itself_are_not_suggested(harness):
 
 
 async def test_fts_syntax_in_member_text_is_only_words(harness):
-    """Quotes, stars, OR, NEAR( and column filters in member text neither break nor steer the search."""
+    """Quotes, stars, OR, NEAR( and column filters in member text neither break nor steer matching."""
     jo = await harness.add_user("jo")
     browser = await harness.browser("kim")
     need = await post(harness, jo, kind="need", title='"ride" OR NEAR( clinic* title:bike',
@@ -171,14 +172,9 @@ async def test_fts_syntax_in_member_text_is_only_words(harness):
     # "near" and "title" are plain words here: an offer containing "near" matches by text, and
     # "title:bike" did not restrict the search to titles (a column filter would miss "Red.").
     assert "Near the station" in found and "A bike" in found and "Shoes" not in found
-    # Every term reaches SQLite quoted, whatever it holds
-    for text in ('"', '""', "*", "OR", "NEAR(a b", 'x" OR "y', "a:b", "^", "{a}", "-", "é"):
-        query = match_query(match_terms({"title": text, "body": text, "tags": [text]}))
-        if query:
-            await harness.node.store.fetch_all(
-                "SELECT rowid FROM items_fts WHERE items_fts MATCH ?", (query,)
-            )
-    assert match_query(["near", "or"]) == '"near"* OR "or"'
+    # The terms are the words alone: no quotes, stars, brackets or colons survive
+    assert match_terms(need.state) == ["ride", "near", "clinic", "title", "bike", "start",
+                                       "unclosed"]  # fmt: skip
 
 
 async def test_visitors_see_no_matches(harness_factory):
@@ -215,4 +211,87 @@ def test_match_terms_drop_common_words_and_repeat():
     terms = match_terms({"title": "Need a ride to the Clinic", "body": "The clinic, please!",
                          "tags": ["ride"]})  # fmt: skip
     assert terms == ["ride", "clinic"]
-    assert match_query(terms) == '"ride"* OR "clinic"*'
+
+
+async def test_only_the_newest_items_are_candidates(harness, monkeypatch):
+    """Candidates are the newest open items of the wanted kind, and the newest of them in the
+    item's category: an older item beyond both is not suggested, however well it matches."""
+    monkeypatch.setattr(matching, "MATCH_POOL", 3)
+    monkeypatch.setattr(matching, "MATCH_POOL_CATEGORY", 2)
+    jo = await harness.add_user("jo")
+    need = await post(harness, jo, kind="need", title="Ride to the clinic", body="Tuesday.")
+
+    async def offer(title, category):
+        harness.clock.advance(minutes=1)
+        await post(harness, jo, title=title, body="Ask Jo.", category=category)
+
+    # Oldest first: offers with the need's words, and offers in its category without them
+    await offer("Clinic ride, oldest", "health")
+    await offer("Bus tokens, oldest", "transport")
+    await offer("Van seats", "transport")
+    await offer("Taxi fares", "transport")
+    await offer("Clinic ride, newer", "health")
+    await offer("Clinic ride, newest", "food")
+    await offer("Pool filler, no match", "skills")
+    found = titles(await matches_for(harness.node, need, jo, limit=10))
+    # The 3 newest offers (one matching nothing), and the 2 newest in the category, which
+    # are older than those 3: they come from the category's own pool
+    assert sorted(found) == ["Clinic ride, newer", "Clinic ride, newest", "Taxi fares",
+                             "Van seats"]  # fmt: skip
+    # With room for every offer, the older ones match too
+    monkeypatch.setattr(matching, "MATCH_POOL", 300)
+    found = titles(await matches_for(harness.node, need, jo, limit=10))
+    assert "Clinic ride, oldest" in found and "Bus tokens, oldest" in found
+
+
+async def test_words_match_without_case_or_diacritics(harness):
+    """A word matches with or without its diacritics (café, cafe), either way round and however
+    the accent is encoded."""
+    jo = await harness.add_user("jo")
+    need = await post(harness, jo, kind="need", title="Meals at a café", body="Evenings.",
+                      category="food")  # fmt: skip
+    await post(harness, jo, title="Cafe vouchers", body="Two.", category="other")
+    await post(harness, jo, title="CAFÉ tables", body="Folding.", category="household")
+    await post(harness, jo, title="Cafe\u0301 cups", body="Six.", category="household")
+    await post(harness, jo, title="Cab fare", body="One trip.", category="transport")
+    matches = await matches_for(harness.node, need, jo, limit=10)
+    assert sorted(titles(matches)) == ["CAFÉ tables", "Cafe vouchers", "Cafe\u0301 cups"]
+    assert all(m.words_in_common and not m.same_category for m in matches)
+    # And the other way round: an offer written without the accent finds the accented need
+    offer = await post(harness, jo, title="Cafe", body="Free coffee.", category="other")
+    assert titles(await matches_for(harness.node, offer, jo)) == ["Meals at a café"]
+
+
+async def test_long_words_match_as_prefixes_short_words_exactly(harness):
+    """A word of PREFIX_MIN letters or more finds longer words it begins ("clinic" finds
+    "clinics"); a shorter one only itself ("car" finds "car", not "care")."""
+    jo = await harness.add_user("jo")
+    need = await post(harness, jo, kind="need", title="Car to a clinic", body="Monday.",
+                      category="health")  # fmt: skip
+    await post(harness, jo, title="Walk-in clinics", body="Open late.", category="household")
+    await post(harness, jo, title="Care packages", body="Boxed.", category="household")
+    await post(harness, jo, title="Cardboard", body="Flat.", category="household")
+    await post(harness, jo, title="A car seat", body="Clean.", category="household")
+    await post(harness, jo, title="Clin", body="Short for nothing.", category="household")
+    found = titles(await matches_for(harness.node, need, jo, limit=10))
+    assert sorted(found) == ["A car seat", "Walk-in clinics"]
+
+
+async def test_matches_for_each_item_are_each_items_matches(harness):
+    """Matching several items at once (the coordinator queue, the home page) suggests for each
+    what matching it alone would."""
+    jo = await harness.add_user("jo")
+    needs = [await post(harness, jo, kind="need", title="Ride to the clinic"),
+             await post(harness, jo, kind="need", title="Soup", body="Hot.", category="food"),
+             await post(harness, jo, kind="need", title="A clinic lift", category="health")]  # fmt: skip
+    offer = await post(harness, jo, title="Clinic runs", body="Most days.")
+    await post(harness, jo, title="Lentil soup", body="Weekly.", category="food")
+    await post(harness, jo, title="Bread", body="Fresh.", category="food")
+    views = [*needs, offer]
+    together = await matching.matches_for_each(harness.node, views, jo, limit=2)
+    alone = [await matches_for(harness.node, view, jo, limit=2) for view in views]
+    assert [titles(found) for found in together] == [titles(found) for found in alone]
+    assert [titles(found) for found in together] == [
+        ["Clinic runs"], ["Lentil soup", "Bread"], ["Clinic runs"],
+        ["Ride to the clinic", "A clinic lift"],
+    ]  # fmt: skip

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from federation import outbound as outbound_module
 from federation.errors import MalformedError
 from federation.httpsig import MemoryNonces, SignatureError, verify_request
 from federation.keys import NodeKey
@@ -365,6 +366,52 @@ async def test_the_connection_goes_to_the_checked_address(server, monkeypatch):
     # the server saw the name in Host, over a single connection
     assert [seen.header("host") for seen in server.requests] == [f"rebind.test:{server.port}"] * 2
     assert server.connections == 1
+
+
+async def test_connections_are_kept_alive_to_many_nodes_asked_at_once():
+    """A node pushing to 50 followers at once keeps one connection to each across rounds
+    (httpcore closes idle connections once the pool holds more than its keep-alive limit)."""
+    servers = [LocalServer() for _ in range(50)]
+    for local in servers:
+        await local.start()
+    try:
+        async with outbound() as client:
+            for _ in range(3):  # three rounds, every node at once
+                replies = await asyncio.gather(*(
+                    client.request("GET", f"{local.base_url}/json", signed=False)
+                    for local in servers))  # fmt: skip
+                assert {reply.status for reply in replies} == {200}
+    finally:
+        for local in servers:
+            await local.close()
+    assert [local.connections for local in servers] == [1] * 50
+    assert {len(local.requests) for local in servers} == {3}
+
+
+async def test_connections_to_a_node_not_asked_for_a_while_are_closed(monkeypatch):
+    """Kept-alive connections do not pile up: once a node has not been asked anything for
+    longer than the keep-alive expiry, the next request to any node closes its connection."""
+    monkeypatch.setattr(outbound_module, "KEEPALIVE_EXPIRY", 0.2)
+    first, second = LocalServer(), LocalServer()
+    await first.start()
+    await second.start()
+    try:
+        async with outbound() as client:
+            await client.request("GET", f"{first.base_url}/json", signed=False)
+            assert len(first._handlers) == 1  # kept alive
+            await asyncio.sleep(0.3)
+            await client.request("GET", f"{second.base_url}/json", signed=False)
+            for _ in range(200):  # bounded: 2 s for the server to see the connection close
+                if not first._handlers:
+                    break
+                await asyncio.sleep(0.01)
+            assert not first._handlers
+            # the first node is reached again, on a new connection
+            assert (await client.request("GET", f"{first.base_url}/json", signed=False)).status == 200
+    finally:
+        await first.close()
+        await second.close()
+    assert (first.connections, second.connections) == (2, 1)
 
 
 async def test_a_name_resolving_to_loopback_is_refused(server):

@@ -42,8 +42,17 @@ from federation.httpsig import (
 from federation.identity import node_document
 from federation.items import STATE_MAX_BYTES, validate_state
 from federation.keys import NodeKey, fingerprint, public_key_text
+from federation.snapshot import check_basis, check_page
 from federation.strictjson import MAX_DEPTH
-from server.feed import FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FEED_MAX_BYTES, Head, page_json
+from server.feed import (
+    FEED_LIMIT_DEFAULT,
+    FEED_LIMIT_MAX,
+    FEED_MAX_BYTES,
+    Head,
+    SnapshotPage,
+    page_json,
+    snapshot_json,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -216,6 +225,10 @@ def expected_examples() -> dict[str, object]:
         "node-document": node_document_after_rotation(),
         "feed-page": json.loads(page_json(ORIGIN, texts[4:], Head(5, entry_hash(entries[4])))),
         "feed-empty": json.loads(page_json(ORIGIN, [], Head(0, None))),
+        # Entries 1–3 are the ramp, fulfilled: the ride (5) is all that is live.
+        "snapshot-page": json.loads(snapshot_json(ORIGIN, SnapshotPage(
+            Head(5, entry_hash(entries[4])), keys=[texts[3]], head_entry=texts[4],
+            texts=[texts[4]], next=None))),  # fmt: skip
         "request-get": http_text(get),
         "request-get-signature-base": signature_base("GET", GET_PATH, None, NONCE_GET),
         "request-post": http_text(post),
@@ -314,6 +327,18 @@ def test_doc_entries_form_a_valid_chain_through_the_rotation():
     # The feed page example (after=4) holds entry 5, and its head is entry 5's hash.
     page = json.loads(examples["feed-page"])
     assert page["entries"] == shown[4:] and page["head"]["hash"] == examples["entry-5-hash"]
+
+
+def test_doc_snapshot_is_taken_by_a_reader_that_pinned_only_the_first_key():
+    """The snapshot example passes a reader's checks (docs/protocol.md §8.1): its key entry
+    hands over from key 1, so entry 5 verifies with key 2, and its head entry hashes to the
+    head, where the reader's cursor will stand."""
+    page = json.loads(doc_examples()["snapshot-page"])
+    basis = check_basis(page, origin=ORIGIN, pinned=lambda seq: (key_1().key_id(ORIGIN), key_1().public))
+    assert (basis.head_seq, basis.head_hash) == (5, doc_examples()["entry-5-hash"])
+    assert basis.key_at(4)[0] == f"{ORIGIN}#main" and basis.key_at(5)[0] == f"{ORIGIN}#key2"
+    entries, following = check_page(page, basis, after=0)
+    assert entries == [json.loads(doc_examples()["entry-5-json"])] and following is None
 
 
 class ShownRequest:
