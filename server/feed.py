@@ -8,6 +8,7 @@ effect at the very next entry, and the chain never mixes keys out of order.
 """
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from federation.keys import (
 from federation.strictjson import loads_strict
 
 from .errors import Unavailable
+
+log = logging.getLogger("aidnode")
 
 HOLD_KEY = "feed_hold"  # node_meta: why appending is on hold (server/backup.py); absent if not
 
@@ -156,6 +159,11 @@ class Feed:
         name = f"key{count + 1}"
         new = generate_key(name)
         path = self.keys_dir / f"{name}.pem"
+        if path.exists():
+            # Left by a rotation whose transaction never committed (the node was killed in
+            # between): no entry names that key, so no one has ever trusted it.
+            log.warning("removing %s: a key from a rotation that never completed", path)
+            path.unlink()
         save_key(new, path)  # refuses to overwrite; removed again if the transaction fails
         try:
             seq = (await self.head(db)).seq + 1

@@ -8,7 +8,7 @@ import pytest
 
 from federation.entries import ChainState, EntryError, canonical, entry_hash
 from federation.httpsig import sign_request
-from federation.keys import generate_key, parse_public_key, public_key_text
+from federation.keys import generate_key, parse_public_key, public_key_text, save_key
 from server.feed import ChainProblem
 
 pytestmark = pytest.mark.anyio
@@ -265,3 +265,14 @@ async def test_the_chain_holds_when_writers_in_one_commit_fail_or_rotate_the_key
     assert [e["seq"] for e in entries] == list(range(1, 33))
     assert sum(e["type"] == "key" for e in entries) == 1
     assert not any("00000000-0000-4000-8000" in e["body"].get("id", "") for e in entries)
+
+
+async def test_a_key_file_left_by_a_rotation_that_never_committed_does_not_block_the_next(harness):
+    """A node killed between writing the new key's file and committing its `key` entry leaves
+    a file no entry names; the next rotation replaces it rather than failing on it."""
+    orphan = harness.config.keys_dir / "key2.pem"
+    save_key(generate_key("key2"), orphan)
+    left = orphan.read_bytes()
+    rotation = await harness.node.rotate_key()
+    assert rotation["seq"] == 1 and orphan.read_bytes() != left
+    assert (await harness.node.check())["keys"] == 2
