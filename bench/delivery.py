@@ -50,9 +50,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bench.federation import OFFER, PULLS_OFF, Admin, cpu_seconds, eventually, rate
+from bench.federation import (
+    OFFER,
+    PULLS_OFF,
+    Admin,
+    cpu_seconds,
+    eventually,
+    push_refusal,
+    rate,
+    serve_all,
+)  # fmt: skip
 from federation.entries import entry_hash
-from federation.httpsig import MemoryNonces, SignatureError, sign_request, verify_request
+from federation.httpsig import MemoryNonces, sign_request
 from federation.identity import node_document, parse_node_document
 from federation.keys import generate_key, parse_public_key
 from tests.live import LiveNode
@@ -157,15 +166,10 @@ class Followers:
         async def inbox(request: Request) -> Response:
             arrived = time.monotonic()
             body = await request.body()
-            key_id, public = self.publisher
-            try:
-                verify_request(method="POST", target_uri=f"{url}/federation/inbox",
-                               headers=request.headers.items(), body=body, now=datetime.now(UTC),
-                               lookup=lambda asked: public if asked == key_id else None,
-                               nonces=nonces)  # fmt: skip
-            except SignatureError as error:
-                follower.problems.append(str(error))
-                return JSONResponse({"error": str(error)}, status_code=401)
+            refusal = push_refusal(request, body, url, self.publisher, nonces)
+            if refusal is not None:
+                follower.problems.append(refusal)
+                return JSONResponse({"error": refusal}, status_code=401)
             message = json.loads(body)
             if message.get("type") != "entries":
                 return JSONResponse({}, status_code=202)  # the answer to our subscription
@@ -215,14 +219,7 @@ class Followers:
             config = uvicorn.Config(self.app(follower), log_level="warning", access_log=False,
                                     lifespan="off")  # fmt: skip
             self._servers.append(uvicorn.Server(config))
-        tasks = [asyncio.create_task(server.serve(sockets=[f.sock]))
-                 for server, f in zip(self._servers, self.followers, strict=True)]  # fmt: skip
-        for _ in range(500):  # bounded: 10 s
-            if all(server.started for server in self._servers) or any(t.done() for t in tasks):
-                break
-            await asyncio.sleep(0.02)
-        self._ready.set()
-        await asyncio.gather(*tasks)
+        await serve_all(self._servers, self._ready, [f.sock for f in self.followers])
 
     def start(self) -> "Followers":
         self._thread.start()

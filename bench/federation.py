@@ -307,6 +307,35 @@ def bench_catch_up(root: Path, backlog: int, raw_verify: float) -> None:
 # ------------------------------------------------------------------------ 3. fan-out
 
 
+def push_refusal(request: Request, body: bytes, url: str, publisher: tuple[str, object],
+                 nonces: MemoryNonces) -> str | None:  # fmt: skip
+    """Why a bench follower at `url` refuses a push: it is not signed by the publisher's key
+    (key id, public key), or it is a replay; None when it is."""
+    key_id, public = publisher
+    try:
+        verify_request(method="POST", target_uri=f"{url}/federation/inbox",
+                       headers=request.headers.items(), body=body, now=datetime.now(UTC),
+                       lookup=lambda asked: public if asked == key_id else None,
+                       nonces=nonces)  # fmt: skip
+    except SignatureError as error:
+        return str(error)
+    return None
+
+
+async def serve_all(servers: list[uvicorn.Server], ready: threading.Event,
+                    sockets: list | None = None) -> None:  # fmt: skip
+    """Serve every one of `servers` (each on its socket, when given) until they stop; `ready`
+    is set once all listen, or one has failed (bounded: 10 s)."""
+    tasks = [asyncio.create_task(server.serve(sockets=[sockets[i]] if sockets else None))
+             for i, server in enumerate(servers)]  # fmt: skip
+    for _ in range(500):
+        if all(server.started for server in servers) or any(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.02)
+    ready.set()
+    await asyncio.gather(*tasks)
+
+
 class Inboxes:
     """Minimal followers: each serves its node document and a signed inbox, on its own port,
     all run by uvicorn on one thread of this process. They acknowledge what continues their
@@ -337,15 +366,10 @@ class Inboxes:
 
         async def inbox(request: Request) -> Response:
             body = await request.body()
-            key_id, public = self.publisher_key
-            try:
-                verify_request(method="POST", target_uri=f"{url}/federation/inbox",
-                               headers=request.headers.items(), body=body, now=datetime.now(UTC),
-                               lookup=lambda asked: public if asked == key_id else None,
-                               nonces=nonces)  # fmt: skip
-            except SignatureError as error:
-                self.refused.append(str(error))
-                return JSONResponse({"error": str(error)}, status_code=401)
+            refusal = push_refusal(request, body, url, self.publisher_key, nonces)
+            if refusal is not None:
+                self.refused.append(refusal)
+                return JSONResponse({"error": refusal}, status_code=401)
             if self.first_at is None:
                 self.first_at = self._marks()
             entries = json.loads(body)["entries"]
@@ -371,13 +395,7 @@ class Inboxes:
             config = uvicorn.Config(self.app(number), host="127.0.0.1", port=int(url.rsplit(":", 1)[1]),
                                     log_level="warning", access_log=False, lifespan="off")  # fmt: skip
             self._servers.append(uvicorn.Server(config))
-        tasks = [asyncio.create_task(server.serve()) for server in self._servers]
-        for _ in range(500):  # bounded: 10 s
-            if all(server.started for server in self._servers) or any(t.done() for t in tasks):
-                break
-            await asyncio.sleep(0.02)
-        self._ready.set()
-        await asyncio.gather(*tasks)
+        await serve_all(self._servers, self._ready)
 
     def start(self) -> None:
         self._thread.start()

@@ -191,13 +191,19 @@ def signatures_valid(entries: list, public: Ed25519PublicKey) -> list[bool]:
     valid = []
     for entry in entries:
         try:
-            signature = b64url_decode(entry["sig"], SIGNATURE_CHARS, "sig")
-            public.verify(signature, signing_input_read(entry))
-        except (InvalidSignature, MalformedError, KeyError, TypeError, AttributeError, ValueError):
+            verify_signature(entry, public, strictly_read=True)
+        except (EntryError, MalformedError, KeyError, TypeError, AttributeError, ValueError):
             valid.append(False)
         else:
             valid.append(True)
     return valid
+
+
+def _verify_unless_done(entry: dict, public: Ed25519PublicKey,
+                        verified_by: Ed25519PublicKey | None, *, strictly_read: bool) -> None:  # fmt: skip
+    """`verify_signature`, unless `verified_by` is `public` (`signatures_valid` checked it)."""
+    if verified_by is None or verified_by.public_bytes_raw() != public.public_bytes_raw():
+        verify_signature(entry, public, strictly_read=strictly_read)
 
 
 # ---------------------------------------------------------------------------- key rotation
@@ -269,8 +275,7 @@ class ChainState:
             raise EntryError(f"entry {entry['seq']}: prev does not match the entry before it")
         if entry["key"] != self.key_id:
             raise EntryError(f"entry {entry['seq']}: signed with {entry['key']}, not the key in force")
-        if verified_by is None or verified_by.public_bytes_raw() != self.public.public_bytes_raw():
-            verify_signature(entry, self.public, strictly_read=self.strictly_read)
+        _verify_unless_done(entry, self.public, verified_by, strictly_read=self.strictly_read)
         if entry["type"] == "key":
             self.key_id, self.public = check_key_entry(entry)
         self.seq = entry["seq"]
@@ -289,8 +294,7 @@ def check_detached(entry: object, *, origin: str, key_id: str, public: Ed25519Pu
     entry, encoded = check_shape_encoded(entry, origin=origin, strictly_read=strictly_read)
     if entry["key"] != key_id:
         raise EntryError(f"entry {entry['seq']}: signed with {entry['key']}, not the key in force")
-    if verified_by is None or verified_by.public_bytes_raw() != public.public_bytes_raw():
-        verify_signature(entry, public, strictly_read=strictly_read)
+    _verify_unless_done(entry, public, verified_by, strictly_read=strictly_read)
     return entry, hash_bytes(encoded)
 
 

@@ -57,6 +57,7 @@ ACCESS_LEVELS = (
 )  # fmt: skip
 # `inbox_sender`: which keys may sign an inbox message, by its type (see the docstring).
 INBOX_SIGNERS = {"response": "any", "response-status": "pinned"}
+NODE_OVER_LIMIT = N_("too many requests from your node: slow down")
 INBOX_MAX_BYTES = 512 * 1024
 FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 SURFACES = ("page", "api", "public", "federation")
@@ -189,17 +190,13 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
         # another node's key cannot spend that node's budget, only be refused with it.
         claimed = claimed_key_id(request.headers.get("signature-input", ""))
         if claimed is not None:
-            wait = node.federation_by_node.retry_after(claimed.rsplit("#", 1)[0])
-            if wait > 0:
-                raise TooManyRequests(N_("too many requests from your node: slow down"),
-                                      retry_after=int(wait) + 1)  # fmt: skip
+            _limit(node.federation_by_node, claimed.rsplit("#", 1)[0], NODE_OVER_LIMIT, count=False)
         signers = "any" if access == "any_node" else "trusted"
         if access == "inbox_sender":
             signers = INBOX_SIGNERS.get(await inbox_message_type(request), "trusted")
         request.state.peer = await identify_node(request, any_node=signers == "any",
                                                  pinned=signers == "pinned")  # fmt: skip
-        _limit(node.federation_by_node, request.state.peer.node,
-               N_("too many requests from your node: slow down"))  # fmt: skip
+        _limit(node.federation_by_node, request.state.peer.node, NODE_OVER_LIMIT)
         return
     if surface == "api" or (surface == "public" and "authorization" in request.headers):
         header = request.headers.get("authorization", "")
@@ -247,12 +244,14 @@ def path_number(request: Request, name: str, message: str) -> int:
     return int(raw)
 
 
-def _limit(limiter, key: str, message: str) -> None:
-    """Count a request against `limiter`; TooManyRequests once `key` is over its limit."""
+def _limit(limiter, key: str, message: str, *, count: bool = True) -> None:
+    """TooManyRequests once `key` is over its limit in `limiter`; else the request counts
+    against it (unless `count` is false: a look before the request is known to be `key`'s)."""
     wait = limiter.retry_after(key)
     if wait > 0:
         raise TooManyRequests(message, retry_after=int(wait) + 1)
-    limiter.hit(key)
+    if count:
+        limiter.hit(key)
 
 
 def allowed(request: Request, access: str) -> bool:

@@ -93,6 +93,17 @@ async def test_others_cannot_change_but_coordinators_can(harness):
     assert entries[0]["action"] == "item.moderate" and entries[0]["actor"] == "cora"
 
 
+async def paged_titles(api, params: dict) -> list[str]:
+    """The titles of every page of a listing, following its cursors to the end."""
+    seen, cursor = [], None
+    while True:
+        page = (await api.get("/api/v1/items", params={**params, **({"cursor": cursor} if cursor else {})})).json()
+        seen += [item["title"] for item in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            return seen
+
+
 async def test_list_filters_search_and_pages(harness):
     api = await harness.api_client("jo")
     for i in range(7):
@@ -102,29 +113,15 @@ async def test_list_filters_search_and_pages(harness):
     offers = (await api.get("/api/v1/items", params={"kind": "offer"})).json()["items"]
     assert len(offers) == 7
     # Newest first, three to a page, every item exactly once.
-    seen, cursor = [], None
-    while True:
-        params = {"kind": "offer", "limit": 3, **({"cursor": cursor} if cursor else {})}
-        page = (await api.get("/api/v1/items", params=params)).json()
-        seen += [item["title"] for item in page["items"]]
-        cursor = page["next"]
-        if cursor is None:
-            break
-    assert seen == [f"Offer number {i}" for i in range(6, -1, -1)]
+    assert await paged_titles(api, {"kind": "offer", "limit": 3}) == [
+        f"Offer number {i}" for i in range(6, -1, -1)]
     found = (await api.get("/api/v1/items", params={"q": "clinic"})).json()["items"]
     assert [item["title"] for item in found] == ["Ride to the clinic"]
     prefix = (await api.get("/api/v1/items", params={"q": "alumin"})).json()["items"]
     assert len(prefix) == 7
     # Search pages newest first too, by a cursor (never an offset): each match exactly once.
-    seen, cursor = [], None
-    while True:
-        params = {"q": "alumin offer", "limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = (await api.get("/api/v1/items", params=params)).json()
-        seen += [item["title"] for item in page["items"]]
-        cursor = page["next"]
-        if cursor is None:
-            break
-    assert seen == [f"Offer number {i}" for i in range(6, -1, -1)]
+    assert await paged_titles(api, {"q": "alumin offer", "limit": 2}) == [
+        f"Offer number {i}" for i in range(6, -1, -1)]
     # FTS syntax in the query is text, not syntax.
     odd = await api.get("/api/v1/items", params={"q": 'ramp" OR "x* NEAR('})
     assert odd.status_code == 200 and odd.json()["items"] == []
