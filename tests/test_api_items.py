@@ -4,6 +4,8 @@ import asyncio
 
 import pytest
 
+from server.api import encode_cursor
+
 pytestmark = pytest.mark.anyio
 
 OFFER = {"kind": "offer", "title": "Wheelchair ramp to lend", "body": "Aluminium, 2 m.",
@@ -133,6 +135,9 @@ async def test_list_filters_search_and_pages(harness):
 @pytest.mark.parametrize("params", [
     {"kind": "gift"}, {"category": "cake"}, {"status": "expired"}, {"origin": "mars"},
     {"limit": "0"}, {"limit": "201"}, {"limit": "ten"}, {"cursor": "!!!"}, {"q": "x" * 201},
+    # Cursors this node never gives out: a search's row below 0 or not a number, an offset.
+    {"cursor": encode_cursor({"r": -1})}, {"cursor": encode_cursor({"r": "9"})},
+    {"cursor": encode_cursor({"r": True})}, {"cursor": encode_cursor({"o": 30})},
 ])  # fmt: skip
 async def test_bad_list_parameters_are_400(harness, params):
     api = await harness.api_client("jo")
