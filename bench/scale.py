@@ -299,9 +299,9 @@ class Connection:
 
 
 async def _closed_loop(base: str, paths: list[str], concurrency: int, per_client: int, *,
-                       headers: dict[str, str]) -> list[float]:  # fmt: skip
-    """Latencies (ms) of `concurrency` clients, each on its own connection, each sending
-    `per_client` requests one after another (closed loop)."""
+                       headers: dict[str, str]) -> list[tuple[str, float]]:  # fmt: skip
+    """(path, latency in ms) of the requests of `concurrency` clients, each on its own
+    connection, each sending `per_client` requests one after another (closed loop)."""
     url = httpx.URL(base)
     connections = [Connection(url.host, url.port, headers) for _ in range(concurrency)]
     try:
@@ -309,7 +309,7 @@ async def _closed_loop(base: str, paths: list[str], concurrency: int, per_client
             status, body = await connections[0].get(path)
             if status != 200:
                 raise AssertionError(f"{path} answered {status}: {body[:300]!r}")
-        latencies: list[float] = []
+        latencies: list[tuple[str, float]] = []
 
         async def one(number: int) -> None:
             connection = connections[number]
@@ -317,7 +317,7 @@ async def _closed_loop(base: str, paths: list[str], concurrency: int, per_client
                 path = paths[(number + i) % len(paths)]
                 start = time.perf_counter()
                 status, _ = await connection.get(path)
-                latencies.append(1000 * (time.perf_counter() - start))
+                latencies.append((path, 1000 * (time.perf_counter() - start)))
                 if status != 200:
                     raise AssertionError(f"{path} answered {status}")
 
@@ -328,15 +328,20 @@ async def _closed_loop(base: str, paths: list[str], concurrency: int, per_client
     return latencies
 
 
-def pages(node: LiveNode, paths: list[str], **kwargs) -> dict[int, tuple[float, float, int, float]]:
-    """(p50, p95, requests, the node's CPU ms a request) at each concurrency."""
+def pages(node: LiveNode, paths: list[str], **kwargs) -> dict[int, tuple]:
+    """(p50, p95, requests, the node's CPU ms a request, the slowest path and its p50 at
+    concurrency 1) at each concurrency."""
     figures = {}
     for concurrency in CONCURRENCY:
         cpu = _cpu(node)
-        ms = asyncio.run(_closed_loop(node.url, paths, concurrency,
-                                      REQUESTS_PER_CLIENT[concurrency], **kwargs))  # fmt: skip
-        cpu = 1000 * (_cpu(node) - cpu) / (len(ms) + len(paths))
-        figures[concurrency] = (statistics.median(ms), nearest_rank(ms, 0.95), len(ms), cpu)
+        timed = asyncio.run(_closed_loop(node.url, paths, concurrency,
+                                         REQUESTS_PER_CLIENT[concurrency], **kwargs))  # fmt: skip
+        cpu = 1000 * (_cpu(node) - cpu) / (len(timed) + len(paths))
+        ms = [latency for _, latency in timed]
+        by_path = {path: statistics.median([t for p, t in timed if p == path]) for path in paths}
+        slowest = max(by_path, key=by_path.__getitem__)
+        figures[concurrency] = (statistics.median(ms), nearest_rank(ms, 0.95), len(ms), cpu,
+                                slowest, by_path[slowest])  # fmt: skip
     return figures
 
 
@@ -465,11 +470,13 @@ def main() -> None:
             for label, paths, headers in (("browse", browse, cookie), ("search", search, cookie),
                                           ("API list", api, token)):  # fmt: skip
                 figures = pages(node, paths, headers=headers)
-                for concurrency, (p50, p95, count, cpu) in figures.items():
+                for concurrency, (p50, p95, count, cpu, slowest, its_p50) in figures.items():
                     target = "   (target: p95 < 50 ms)" if concurrency == 20 and label != "API list" else ""
                     print(f"{label:>9}, concurrency {concurrency:2}: p50 {p50:6.1f} ms"
                           f"   p95 {p95:6.1f} ms   ({count} requests, node CPU {cpu:.2f} ms each)"
                           f"{target}")  # fmt: skip
+                    if concurrency == 1:
+                        print(f"{'':>9}  slowest page {slowest}: p50 {its_p50:.1f} ms")
             for target_node, target_admin, label in ((node, admin, "big"), (fresh, fresh_admin, "fresh")):
                 pushed = measure_ingest(target_node, target_admin, f"Pusher {label}")
                 caught = measure_catch_up(target_node, target_admin, backlog)

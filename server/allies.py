@@ -464,7 +464,11 @@ class Allies:
         same cursor share one body: the stored canonical texts are joined, never re-parsed.
         The delivered cursor is saved once, when the round for this peer ends: should the node
         stop before, it pushes some entries again, which the receiver skips."""
-        if not self.delivers_to(peer):
+        # The cursor as it stands now: a round reads every peer, and a push to this one that
+        # ended meanwhile has moved it (started from the round's copy, this push would send
+        # that push's entries again).
+        peer = await self.store.peer(peer.id)
+        if peer is None or not self.delivers_to(peer):
             return 0
         await self._load_key()
         head = await self.store.feed_head_seq()

@@ -23,7 +23,7 @@ from importlib import resources
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
@@ -183,6 +183,14 @@ async def http_error(request: Request, error: HTTPException) -> Response:
                            dict(error.headers or {}))  # fmt: skip
 
 
+async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+    """The client hung up before its request body was read (a peer killed mid-push, a member
+    closing the tab): nothing was done, no one is there to answer, and it is no error of ours."""
+    log.info("%s %s: the client went away before its request was read", request.method,
+             request.url.path)  # fmt: skip
+    return Response("the request was not read to its end", status_code=400, media_type="text/plain")
+
+
 async def server_error(request: Request, error: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     if wants_json(request.url.path):
@@ -287,7 +295,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
         middleware=[Middleware(ObserveRequests, observers=[log_access, request_observer(node.metrics)]),
                     Middleware(SecurityHeaders), Middleware(BodyLimit)],
         exception_handlers={ClientError: client_error, HTTPException: http_error,
-                            Exception: server_error},
+                            ClientDisconnect: client_gone, Exception: server_error},
         lifespan=lifespan,
     )  # fmt: skip
     app.state.node = node

@@ -84,3 +84,11 @@ class LiveNode:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    def tracebacks(self) -> str:
+        """Each traceback in the whole log, with the lines just before it; empty if none."""
+        if not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        found = [i for i, line in enumerate(lines) if "Traceback" in line]
+        return "\n...\n".join("\n".join(lines[max(0, i - 5):i + 40]) for i in found)

@@ -68,6 +68,21 @@ async def test_entries_go_in_batches_as_stored_and_the_cursor_follows_the_answer
     assert await harness.node.allies.deliver(peer) == 0 and len(receiver.sent) == 3
 
 
+async def test_a_push_starts_from_the_cursor_as_stored_not_from_the_rounds_copy(harness,
+                                                                               monkeypatch):  # fmt: skip
+    """A round reads every peer and starts their pushes; a push to one of them that ended in
+    between has moved its cursor. The new push starts there, sending nothing twice."""
+    receiver = Receiver((200, "all"), (200, "all"))
+    peer_id = await follower(harness, monkeypatch, receiver, posts=150)
+    store = harness.node.store
+    stale = await store.peer(peer_id)  # the round's copy: delivered_seq 0
+    async with store.write() as db:  # the push that ended meanwhile
+        await store.update_peer(db, peer_id, delivered_seq=120)
+    assert await harness.node.allies.deliver(stale) == 30
+    assert [(b["entries"][0]["seq"], len(b["entries"])) for b in receiver.sent] == [(121, 30)]
+    assert (await store.peer(peer_id)).delivered_seq == 150
+
+
 async def test_413_halves_the_batch_and_409_resumes_where_the_receiver_is(harness, monkeypatch):
     receiver = Receiver((413, None), (409, 20), (200, "all"), (200, "all"))
     peer_id = await follower(harness, monkeypatch, receiver, posts=120)

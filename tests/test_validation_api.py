@@ -547,6 +547,34 @@ async def test_anonymous_huge_body_is_never_read(harness, streamed):
                       401)  # fmt: skip
 
 
+
+async def test_a_client_hanging_up_mid_body_is_no_error(harness, api, caplog):
+    """A client gone before its body is read (an ally killed mid-push, a closed tab) leaves the
+    store as it was and logs no error: it is logged at info, without a traceback."""
+    before = await snapshot(harness)
+    parts = [{"type": "http.request", "body": b'{"kind": "offer", "ti', "more_body": True},
+             {"type": "http.disconnect"}]  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    token = api.headers["authorization"].encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": ITEMS, "raw_path": ITEMS.encode(), "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
+                         (b"content-length", b"200"), (b"authorization", token)]}  # fmt: skip
+    with caplog.at_level("INFO"):
+        await harness.app(scope, receive, send)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [400]
+    assert not [r for r in caplog.records if r.levelno >= 30 or r.exc_info], caplog.text
+    assert "went away before its request was read" in caplog.text
+    assert await snapshot(harness) == before
+
 # ---------------------------------------------------------------------------- credentials
 
 BAD_AUTH = [
