@@ -547,7 +547,6 @@ async def test_anonymous_huge_body_is_never_read(harness, streamed):
                       401)  # fmt: skip
 
 
-
 async def test_a_client_hanging_up_mid_body_is_no_error(harness, api, caplog):
     """A client gone before its body is read (an ally killed mid-push, a closed tab) leaves the
     store as it was and logs no error: it is logged at info, without a traceback."""
@@ -574,6 +573,7 @@ async def test_a_client_hanging_up_mid_body_is_no_error(harness, api, caplog):
     assert not [r for r in caplog.records if r.levelno >= 30 or r.exc_info], caplog.text
     assert "went away before its request was read" in caplog.text
     assert await snapshot(harness) == before
+
 
 # ---------------------------------------------------------------------------- credentials
 
