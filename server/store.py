@@ -13,6 +13,7 @@ crash never leaves one without the other.
 """
 
 import asyncio
+import collections
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -203,6 +204,39 @@ async def _connect(path: Path, *, readonly: bool) -> aiosqlite.Connection:
     return db
 
 
+class FairPool:
+    """A pool of reader connections handed out first come, first served.
+
+    `asyncio.Queue` lets a newcomer take a connection that was put back for a reader already
+    waiting (the waiter is woken, finds the queue empty and queues again at the back), so
+    under load some readers wait many times over: at 20 pages at once, a page took from 3 ms
+    to 275 ms. Here a connection put back goes straight to the longest waiter."""
+
+    def __init__(self) -> None:
+        self._free: list[aiosqlite.Connection] = []
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def put(self, connection: aiosqlite.Connection) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self._free.append(connection)
+
+    async def get(self) -> aiosqlite.Connection:
+        if self._free and not self._waiters:
+            return self._free.pop()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.put(waiter.result())  # handed over as the waiter was cancelled
+            raise
+
+
 class Store:
     """The node's database. Open with `await Store.open(path)`, close with `await close()`."""
 
@@ -210,7 +244,7 @@ class Store:
         self.path = Path(path)
         self._writer: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._readers = FairPool()
         self._all_readers: list[aiosqlite.Connection] = []
         self._batch: _Batch | None = None
         self._work_waiting = 0  # writers waiting for the lock with changes to make
@@ -230,7 +264,7 @@ class Store:
             for _ in range(readers):
                 reader = await _connect(store.path, readonly=True)
                 store._all_readers.append(reader)
-                store._readers.put_nowait(reader)
+                store._readers.put(reader)
         except BaseException:
             await store.close()
             raise
@@ -281,7 +315,7 @@ class Store:
         try:
             yield reader
         finally:
-            self._readers.put_nowait(reader)
+            self._readers.put(reader)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
