@@ -1,7 +1,7 @@
 """Scale benchmark: a coalition node with 100,000 live items and 1,000,000 entries of history.
 
-Builds the node, then serves it (`aidnode serve`, real uvicorn, loopback) and prints, in one
-run on one machine:
+Builds the node, then serves it (`aidnode serve`, real uvicorn, loopback; `--workers N` for N
+worker processes) and prints, in one run on one machine:
 
 - browse and search: p50 and p95 of a member's `/items` and `/items?q=…` pages, at
   concurrency 1 and 20 (closed loop: each of the clients sends its next request when the last
@@ -13,7 +13,8 @@ run on one machine:
   and, for comparison, on a fresh node in the same run, so that what history costs shows as
   a ratio;
 - history: a page of the node's own feed read at its start and at its end (cost by position);
-- memory: the node's peak RSS (VmHWM), at start and after everything above;
+- memory: the node's peak RSS (VmHWM, its processes' added up), at start and after everything
+  above;
 - size: the database file per live item and per entry.
 
 The history is written straight into a fresh node's SQLite file before it serves, in the
@@ -24,7 +25,7 @@ writer's RFC 8785 code and the whole state against the item rules as it is built
 
 Targets: browse and search p95 < 50 ms at concurrency 20; ingest >= 50% of raw verify;
 catch-up >= 2,000 entries/s; peak RSS < 300 MB. Run from the repository root:
-    .venv/bin/python -m bench.scale [--live N] [--entries N] [--keep DIR]
+    .venv/bin/python -m bench.scale [--live N] [--entries N] [--workers N]
 """
 
 import argparse
@@ -217,9 +218,9 @@ class History:
         self.db.close()
 
 
-def build_node(root: Path, *, live: int, entries: int) -> tuple[LiveNode, Admin, dict]:
+def build_node(root: Path, *, live: int, entries: int, workers: int = 1) -> tuple[LiveNode, Admin, dict]:
     """A node holding `live` live items (LOCAL_SHARE of them its own) and `entries` entries."""
-    node = LiveNode(root, "Coalition", env=QUIET).init()
+    node = LiveNode(root, "Coalition", env={**QUIET, "AIDNODE_WORKERS": str(workers)}).init()
     admin = Admin(node)
     local_live = int(live * LOCAL_SHARE)
     start = time.perf_counter()
@@ -235,18 +236,20 @@ def build_node(root: Path, *, live: int, entries: int) -> tuple[LiveNode, Admin,
 # ------------------------------------------------------------------------ measuring
 
 
-def peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc")
+    raise AssertionError(f"no {field} in /proc")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The node's peak RSS (VmHWM): of all its processes together, each at its own peak."""
+    return sum(_status_mb(each, "VmHWM:") for each in processes(pid))
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc")
+    return sum(_status_mb(each, "VmRSS:") for each in processes(pid))
 
 
 def login_cookie(base: str) -> str:
@@ -423,10 +426,20 @@ def measure_feed_reads(node: LiveNode, reader: ScriptedPeer, head: int) -> dict[
     return figures
 
 
+def processes(pid: int) -> list[int]:
+    """`pid` and its descendants (a node serving with several workers is a parent process
+    and its worker processes)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += processes(int(child))
+    return found
+
+
 def _cpu(node: LiveNode) -> float:
     from bench.federation import cpu_seconds
 
-    return cpu_seconds(node.process.pid)
+    return sum(cpu_seconds(pid) for pid in processes(node.process.pid))
 
 
 def database_bytes(node: LiveNode) -> int:
@@ -437,19 +450,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--live", type=int, default=100_000)
     parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=1, help="the node's worker processes")
     args = parser.parse_args()
     began = time.perf_counter()
     raw = raw_verify_rate()
     with tempfile.TemporaryDirectory(prefix="aidnode-scale-") as tmp:
         root = Path(tmp)
-        node, admin, built = build_node(root, live=args.live, entries=args.entries)
+        node, admin, built = build_node(root, live=args.live, entries=args.entries,
+                                        workers=args.workers)  # fmt: skip
         size = database_bytes(node)
         print(f"built {args.live:,} live items and {built['head']:,} entries in"
               f" {built['seconds']:.0f} s ({built['checked']} entries checked against rfc8785"
               f" and the item rules); database {size / 1e6:,.0f} MB:"
               f" {size / args.live / 1024:.1f} KiB per live item,"
               f" {size / built['head']:.0f} bytes per entry")  # fmt: skip
-        fresh = LiveNode(root, "Fresh", env=QUIET).init()
+        fresh = LiveNode(root, "Fresh", env={**QUIET, "AIDNODE_WORKERS": str(args.workers)}).init()
         fresh_admin = Admin(fresh)
         backlog = ScriptedPeer("Backlog")
         peer_entries(backlog, CATCH_UP)
@@ -458,8 +473,8 @@ def main() -> None:
             node.start()
             fresh.start()
             started_rss = rss_mb(node.process.pid)
-            print(f"node serving; RSS {started_rss:.0f} MB  (raw Ed25519 verify, this run:"
-                  f" {raw:,.0f}/s)")  # fmt: skip
+            print(f"node serving with {args.workers} worker process(es); RSS {started_rss:.0f} MB  (raw"
+                  f" Ed25519 verify, this run: {raw:,.0f}/s)")  # fmt: skip
             browse = ["/items", "/items?kind=need", "/items?kind=offer&category=food",
                       "/items?origin=remote", "/items?category=care"]
             search = [f"/items?q={term.replace(' ', '+')}" for term in SEARCHES]

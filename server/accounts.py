@@ -95,6 +95,14 @@ def same_secret(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def per_worker(limit: int, workers: int) -> int:
+    """A process's share of a limit that `workers` processes enforce, each counting alone:
+    rounded up, so that a client all of whose requests reach one process (a browser on one
+    kept-alive connection) is not held to less than its share. All processes together allow
+    at most `workers` × that."""
+    return -(-limit // workers)
+
+
 class RateLimiter:
     """At most `limit` events per key in a sliding window of `window` seconds, in memory.
 

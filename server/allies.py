@@ -17,9 +17,9 @@ Ingest keeps two questions apart:
   an accepted item state is applied and shown; a refusal is recorded on the peer with its
   reason, and the chain goes on.
 
-The accepted entries, the states applied and the new cursor commit in one transaction: ingest
-is idempotent (entries at or below the cursor are skipped), and nothing counts as received
-before it is on disk.
+The accepted entries, the states applied and the new cursor commit in one transaction (with,
+for a push, the request's nonce: one COMMIT a push): ingest is idempotent (entries at or below
+the cursor are skipped), and nothing counts as received before it is on disk.
 """
 
 import asyncio
@@ -63,6 +63,7 @@ from .workers import first_of, run_rounds
 if TYPE_CHECKING:
     from .accounts import User
     from .node import Node
+    from .routing import PendingNonce
 
 log = logging.getLogger("aidnode.allies")
 
@@ -129,8 +130,8 @@ class Allies:
             allow_private_addresses=node.config.allow_private_addresses,
             signer=self._signer, clock=node.clock,
         )  # fmt: skip
-        self._wake = asyncio.Event()
-        self._deliver = asyncio.Event()
+        self._wake = node.wake_event("pull")
+        self._deliver = node.wake_event("deliver")
         self._learning = asyncio.Semaphore(LEARN_IN_FLIGHT)
         self._learned_at: list[float] = []  # monotonic times of recent fetches
         self._learn_failures: dict[str, tuple[float, str]] = {}
@@ -636,24 +637,28 @@ class Allies:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def received_push(self, peer_id: int, body: dict) -> tuple[int, dict]:
-        """`POST /federation/inbox` with `type: entries` from a node we follow: (status, answer)."""
+    async def received_push(self, peer_id: int, body: dict, *,
+                            nonce: "PendingNonce | None" = None) -> tuple[int, dict]:  # fmt: skip
+        """`POST /federation/inbox` with `type: entries` from a node we follow: (status, answer).
+
+        `nonce`: the request's, not recorded yet (`routing.identify_node`): it commits with
+        the batch, or, for a push refused before ingest, on its own, before the answer."""
         peer = await self.store.peer(peer_id)
-        if peer.we_follow == "none":
-            return 403, {"error": "this node does not follow yours"}
-        entries = body.get("entries")
-        if not isinstance(entries, list) or not 1 <= len(entries) <= PUSH_BATCH:
-            return 400, {"error": f"entries must be a list of 1 to {PUSH_BATCH} entries"}
-        first = entries[0].get("seq") if isinstance(entries[0], dict) else None
-        if type(first) is not int or first > peer.received_seq + 1:
-            self.wake()  # a gap: read their feed from our cursor rather than wait for pushes
-            return 409, {"received": {"seq": peer.received_seq, "hash": peer.received_hash},
-                         "error": f"the batch must start at or before entry {peer.received_seq + 1}"}
+        refusal = _push_refusal(peer, body)
+        if refusal is not None:
+            if nonce is not None:
+                await nonce.remember(self.store)
+            if refusal[0] == 409:
+                self.wake()  # a gap: read their feed from our cursor rather than wait for pushes
+            return refusal
+        entries = body["entries"]
         last = entries[-1].get("seq") if isinstance(entries[-1], dict) else None
         head = last if type(last) is int else 0
-        _, problem = await self.ingest(peer_id, entries, head_seq=head)
-        peer = await self.store.peer(peer_id)
-        answer = {"received": {"seq": peer.received_seq, "hash": peer.received_hash}}
+        _, problem, cursor = await self._ingest_read(peer, entries, head, nonce)
+        if cursor is None:
+            peer = await self.store.peer(peer_id)
+            cursor = (peer.received_seq, peer.received_hash)
+        answer = {"received": {"seq": cursor[0], "hash": cursor[1]}}
         if problem is not None:
             return 422, {**answer, "error": problem}
         return 200, answer
@@ -716,24 +721,44 @@ class Allies:
                 return total
         return total
 
-    async def ingest(self, peer_id: int, entries: list, *, head_seq: int = 0) -> tuple[int, str | None]:
+    async def ingest(self, peer_id: int, entries: list, *, head_seq: int = 0,
+                     nonce: "PendingNonce | None" = None) -> tuple[int, str | None]:  # fmt: skip
         """Take in entries of a peer's feed, in order, in one transaction.
 
-        Returns (entries accepted, the chain problem that stopped the batch or None)."""
-        ahead = await self._verify_ahead(peer_id, entries)
+        Returns (entries accepted, the chain problem that stopped the batch or None).
+        `nonce`: of the push that brought them, recorded first in that transaction (a
+        replay raises Unauthorized and changes nothing)."""
+        peer = await self.store.peer(peer_id)
+        if peer is None:
+            return 0, "not reading this node's feed"
+        accepted, problem, _ = await self._ingest_read(peer, entries, head_seq, nonce)
+        return accepted, problem
+
+    async def _ingest_read(self, peer: Peer, entries: list, head_seq: int,
+                           nonce: "PendingNonce | None") -> tuple[int, str | None, tuple | None]:  # fmt: skip
+        """`ingest` of a peer just read (its cursor tells the key to verify with ahead),
+        also returning the cursor committed, (seq, hash), or None if nothing was taken in."""
+        keys = await self._pinned_keys(peer.id) if len(entries) >= VERIFY_AHEAD_MIN else []
+        ahead = self._verify_ahead(peer, entries, keys)
         try:
-            return await self._ingest(peer_id, entries, head_seq, ahead)
+            return await self._ingest(peer.id, entries, head_seq, ahead, nonce)
         finally:
             ahead.cancel()
 
-    async def _ingest(self, peer_id: int, entries: list, head_seq: int,
-                      ahead: "_Ahead") -> tuple[int, str | None]:  # fmt: skip
-        await self._learn_relay_origins(entries)
+    async def _pinned_keys(self, peer_id: int) -> list[tuple]:
+        async with self.store.read() as db:
+            return await self.store.peer_keys_in(db, peer_id)
+
+    async def _ingest(self, peer_id: int, entries: list, head_seq: int, ahead: "_Ahead",
+                      nonce: "PendingNonce | None") -> tuple[int, str | None, tuple | None]:  # fmt: skip
+        nonce = await self._learn_relay_origins(entries, nonce)
         now = self.node.now_text()
         async with self.store.write() as db:
+            if nonce is not None:
+                await nonce.remember_in(self.store, db)
             peer = await self.store.peer_in(db, peer_id)
             if peer is None or not (peer.trust == "trusted" and not peer.forked):
-                return 0, "not reading this node's feed"
+                return 0, "not reading this node's feed", None
             keys = await self.store.peer_keys_in(db, peer_id)
             key_id, public = key_in_force(keys, peer.received_seq + 1)
             # Entries reach here from pages and pushes read by `loads_strict`.
@@ -777,11 +802,12 @@ class Allies:
             self.wake_delivery()
         if problem is not None:
             log.warning("ingest from %s stopped: %s", peer.url, problem)
-        return accepted, problem
+        return accepted, problem, (chain.seq, chain.hash)
 
-    async def _verify_ahead(self, peer_id: int, entries: list) -> "_Ahead":
+    def _verify_ahead(self, peer: Peer, entries: list, keys: list[tuple]) -> "_Ahead":
         """Start checking a batch's signatures on the verifier threads, a few entries a task,
-        with the key the peer's next entry is due to be signed with.
+        with the key the peer's next entry is due to be signed with (`peer` as just read,
+        `keys` its pinned keys as `peer_keys_in` gives them).
 
         Nothing is decided here: ingest checks every entry in order as before, waiting for
         each one's result as it comes to it (so the threads verify while it checks the rest),
@@ -789,11 +815,6 @@ class Allies:
         force: a key rotated meanwhile, or one in the batch, costs a second check, no more."""
         if len(entries) < VERIFY_AHEAD_MIN:
             return _Ahead(None, [], 1)
-        peer = await self.store.peer(peer_id)
-        if peer is None:
-            return _Ahead(None, [], 1)
-        async with self.store.read() as db:
-            keys = await self.store.peer_keys_in(db, peer_id)
         public = parse_public_key(key_in_force(keys, peer.received_seq + 1)[1])
         return _Ahead(public, self._verifying(entries, public), VERIFY_CHUNK)
 
@@ -927,16 +948,23 @@ class Allies:
         self.node.metrics.snapshots.labels("fallback").inc()
         log.warning("the snapshot of %s was not taken: %s", peer.url, reason)
 
-    async def _learn_relay_origins(self, entries: list) -> None:
+    async def _learn_relay_origins(self, entries: list,
+                                   nonce: "PendingNonce | None" = None) -> "PendingNonce | None":  # fmt: skip
         """Pin the origins of relayed needs not met before, before the write transaction (a
         fetch must not hold it): their document, through the address guard and the same
         limits as any unknown node's. A relay whose origin cannot be learned is refused
-        later, with the reason recorded on the peer."""
+        later, with the reason recorded on the peer.
+
+        A push's `nonce` is recorded before any of this is done (pinning writes); the nonce
+        still to record, with the batch, is returned (None once recorded)."""
         _, origins = _batch_ids(entries)
         own = self.node.config.base_url
         for url in sorted(set(origins) - {own}):
             if await self.store.peer_by_url(url) is not None:
                 continue
+            if nonce is not None:
+                await nonce.remember(self.store)
+                nonce = None
             try:
                 url = parse_base_url(url, allow_private_addresses=self.node.config.allow_private_addresses)
                 doc = await self._fetch_unknown(url)
@@ -944,6 +972,7 @@ class Allies:
                 log.info("could not learn %s, the origin of a relayed need: %s", url[:200], error)
                 continue
             await self.pin_node(doc)
+        return nonce
 
     async def relay(self, db: aiosqlite.Connection, inner: dict, path: list[str], *, now: str,
                     known: dict | None) -> int:  # fmt: skip
@@ -1089,6 +1118,20 @@ def _received(reply) -> int | None:
     received = body.get("received") if isinstance(body, dict) else None
     seq = received.get("seq") if isinstance(received, dict) else None
     return seq if type(seq) is int and seq >= 0 else None
+
+
+def _push_refusal(peer: Peer, body: dict) -> tuple[int, dict] | None:
+    """Why a push is refused before ingest, as (status, answer); None if it is not."""
+    if peer.we_follow == "none":
+        return 403, {"error": "this node does not follow yours"}
+    entries = body.get("entries")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= PUSH_BATCH:
+        return 400, {"error": f"entries must be a list of 1 to {PUSH_BATCH} entries"}
+    first = entries[0].get("seq") if isinstance(entries[0], dict) else None
+    if type(first) is not int or first > peer.received_seq + 1:
+        return 409, {"received": {"seq": peer.received_seq, "hash": peer.received_hash},
+                     "error": f"the batch must start at or before entry {peer.received_seq + 1}"}
+    return None
 
 
 def _page(page: object, origin: str) -> tuple[list, int]:

@@ -11,14 +11,18 @@ The onion, outside in:
     Router                  AccessRoutes: who may use each is declared with the route
 
 The lifespan opens the node (store, key) and runs the background workers; nothing runs at
-import, so tests build as many nodes in one process as they like.
+import, so tests build as many nodes in one process as they like. With several worker
+processes (`workers` > 1), only the one that holds the data directory's lock runs them
+(server/workers.py); `app_from_environment` is what each of those processes builds.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -42,13 +46,13 @@ from . import (
     web,
     wellknown,
 )
-from .config import Config
+from .config import Config, load_config
 from .errors import ClientError
-from .logs import ObserveRequests, log_access
+from .logs import ObserveRequests, configure_logging, log_access
 from .metrics import request_observer
 from .node import Node
 from .templating import Templates
-from .workers import run_rounds
+from .workers import Leadership, WakeReceiver, WakeSender, run_rounds, wake_address
 
 log = logging.getLogger("aidnode")
 
@@ -58,6 +62,8 @@ BODY_LIMIT_FORM = 64 * 1024
 BODY_LIMIT_FEDERATION = 1024 * 1024
 EXPIRY_INTERVAL = 60.0
 WORKER_GRACE = 15.0  # seconds workers have at shutdown to finish their round
+PEER_NAMES_REFRESH = 5.0  # seconds, with several processes: one may add a peer the others show
+DATA_DIR_VARIABLE = "AIDNODE_SERVE_DATA_DIR"  # set by `aidnode serve` for its worker processes
 
 
 def wants_json(path: str) -> bool:
@@ -249,6 +255,27 @@ def _workers(node: Node) -> list[asyncio.Task]:
     return [asyncio.create_task(loop) for loop in loops]
 
 
+def _share_the_work(node: Node, cleanup: list[Callable[[], None]]) -> bool:
+    """One of several processes serving the node: whether this one leads (runs the background
+    workers and hears the others' wake-ups) or forwards its wake-ups to the one that does."""
+    address = wake_address(node.config.database_path)
+    leadership = Leadership(node.config.data_dir / "serve.lock")
+    if leadership.try_acquire():
+        receiver = WakeReceiver(address, node.wakes)
+        cleanup += [receiver.close, leadership.release]
+        log.info("worker process %d runs the background workers", os.getpid())
+        return True
+    sender = WakeSender(address)
+    for event in node.wakes.values():
+        event.forward = sender
+    cleanup.append(sender.close)
+    return False
+
+
+async def _refresh_peer_names(node: Node) -> None:
+    node.peer_names = {peer.url: peer.name for peer in await node.store.peers()}
+
+
 def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = True) -> Starlette:
     """Build a node. `workers=False` leaves the background workers off (for tests that drive
     them by hand with an injected clock)."""
@@ -259,7 +286,16 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
-        tasks = _workers(node) if workers else []
+        cleanup: list[Callable[[], None]] = []
+        tasks = []
+        if workers and config.workers > 1:
+            leader = _share_the_work(node, cleanup)
+            tasks = _workers(node) if leader else []
+            tasks.append(asyncio.create_task(run_rounds(
+                lambda: _refresh_peer_names(node), asyncio.Event(), PEER_NAMES_REFRESH,
+                "reading the peers' names", node.stopping)))  # fmt: skip
+        elif workers:
+            tasks = _workers(node)
         try:
             yield
         finally:
@@ -276,6 +312,8 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            for step in reversed(cleanup):
+                step()
             await node.close()
 
     static_dir = str(resources.files("templates") / "static")
@@ -301,3 +339,11 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
     app.state.node = node
     app.state.templates = Templates()
     return app
+
+
+def app_from_environment() -> Starlette:
+    """The app of one of `aidnode serve`'s worker processes (uvicorn imports and calls this in
+    each): the data directory comes from the environment serve set before starting them."""
+    config = load_config(Path(os.environ[DATA_DIR_VARIABLE]))
+    configure_logging(config.log_format)
+    return create_app(config)

@@ -60,7 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from .app import create_app
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("workers", args.workers)) if v is not None}  # fmt: skip
     config = load_config(Path(args.data), **overrides)
     configure_logging(config.log_format)
 
@@ -74,10 +75,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     tell_operator(config.log_format, f"serving {config.name!r} at {config.base_url} "
                   f"(listening on {config.host}:{config.port})")  # fmt: skip
     # The node writes its own access log (server/logs.py: it says how long each request took).
-    uvicorn.run(
-        create_app(config), host=config.host, port=config.port, log_config=None,
-        access_log=False, proxy_headers=False, server_header=False, timeout_graceful_shutdown=20,
-    )  # fmt: skip
+    options = dict(host=config.host, port=config.port, log_config=None, access_log=False,
+                   proxy_headers=False, server_header=False, timeout_graceful_shutdown=20)  # fmt: skip
+    if config.workers == 1:
+        uvicorn.run(create_app(config), **options)
+        return
+    from .serving import serve_workers
+
+    del options["host"], options["port"]
+    try:
+        status = serve_workers(Path(args.data), config.workers, config.host, config.port, options)
+    except OSError as error:
+        raise CliError(f"cannot listen on {config.host}:{config.port}: {error.strerror}") from None
+    if status:
+        raise CliError("a worker process failed to start")
 
 
 def cmd_create_admin(args: argparse.Namespace) -> None:
@@ -260,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("serve", cmd_serve, "Run the node.")
     sub.add_argument("--host", help="override the configured listen address")
     sub.add_argument("--port", type=int, help="override the configured port")
+    sub.add_argument("--workers", type=int,
+                     help="override the configured number of worker processes (one per core)")  # fmt: skip
 
     sub = command("create-admin", cmd_create_admin, "Create an admin account.")
     sub.add_argument("--username", required=True)

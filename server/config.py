@@ -7,6 +7,7 @@ the same list, so they cannot drift apart.
 """
 
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("description", str, "", "One or two sentences about the group."),
     Setting("host", str, "127.0.0.1", "Address `serve` listens on."),
     Setting("port", int, 8000, "Port `serve` listens on.", minimum=1),
+    Setting("workers", int, 1, "Processes `serve` answers requests with: on a busy node, one per "
+            "core. Background work runs in one of them.", minimum=1),
     Setting("poll_interval", int, 60, "Seconds between pulls of each followed feed.", minimum=5),
     Setting("escalate_after", int, 86400, "Seconds before an unmet need asks allies.", minimum=1),
     Setting(
@@ -87,6 +90,7 @@ class Config:
     description: str
     host: str
     port: int
+    workers: int
     poll_interval: int
     escalate_after: int
     escalate_after_urgent: int
@@ -176,6 +180,11 @@ def load_config(
             if setting.default is None:
                 raise ConfigError(f"setting {setting.name} is missing from {CONFIG_FILE}")
             values[setting.name] = setting.default
+    if values["workers"] > 64:
+        raise ConfigError("workers must be at most 64 (one per core is enough)")
+    if values["workers"] > 1 and not sys.platform.startswith("linux"):
+        raise ConfigError("workers above 1 need Linux (the workers wake each other over "
+                          "Linux's abstract Unix sockets)")  # fmt: skip
     if values["log_format"] not in ("text", "json"):
         raise ConfigError("log_format must be text or json")
     if not values["name"].strip():

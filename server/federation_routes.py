@@ -98,6 +98,17 @@ async def inbox(request: Request) -> Response:
         raise PayloadTooLarge(f"an inbox message is at most {INBOX_MAX_BYTES} bytes")
     parsed = getattr(request.state, "inbox_message", None)
     json_sent = request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+    if signer.nonce is not None:
+        # A push (`identify_node(defer_nonce=True)`): its nonce is recorded with its entries,
+        # or, for anything else this handler does with it, before.
+        pushed = parsed if isinstance(parsed, dict) and json_sent else None
+        if (pushed is not None and pushed.get("type") == "entries" and signer.trust == "trusted"
+                and set(pushed) == {"type", "origin", "entries"}
+                and pushed["origin"] == signer.node):  # fmt: skip
+            status, answer = await node.allies.received_push(signer.peer_id, pushed,
+                                                             nonce=signer.nonce)  # fmt: skip
+            return JSONResponse(answer, status_code=status)
+        await signer.nonce.remember(node.store)
     body = parsed if isinstance(parsed, dict) and json_sent else await _json_body(request)
     kind = body.get("type")
     if kind in ("response", "response-status"):

@@ -19,6 +19,7 @@ server/wellknown.py).
 """
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Scope
 
 from . import __version__
@@ -153,6 +155,10 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        # With several worker processes (server/cli.py), prometheus_client keeps counters in
+        # files under PROMETHEUS_MULTIPROC_DIR, which serve sets before they start, and a
+        # scrape, whichever process answers it, adds up every process's files.
+        self.shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "aidnode_http_requests", "HTTP requests answered, by method, route name and status "
@@ -187,11 +193,16 @@ class Metrics:
             self.snapshot_entries.labels(outcome)
         for outcome in PUSH_OUTCOMES:
             self.pushes.labels(outcome)
-        Info("aidnode", "The software this node runs.", registry=self.registry).info(
-            {"version": __version__}
-        )
+        self.software = Info("aidnode", "The software this node runs.", registry=self.registry)
+        self.software.info({"version": __version__})
         self.database = DatabaseCollector()
         self.registry.register(self.database)
+        self.exposed = self.registry
+        if self.shared_dir:
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=self.shared_dir)
+            self.exposed.register(self.software)
+            self.exposed.register(self.database)
 
     def pushed(self, outcome: str) -> None:
         self.pushes.labels(outcome).inc()
@@ -223,7 +234,7 @@ class Metrics:
         # No await between setting the snapshot and collecting: scrapes cannot interleave.
         self.database.snapshot, self.database.database_up = snapshot, snapshot is not None
         try:
-            return generate_latest(self.registry)
+            return generate_latest(self.exposed)
         finally:
             self.database.snapshot = None
 

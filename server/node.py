@@ -30,6 +30,7 @@ from .accounts import (
     RateLimiter,
     check_new_password,
     new_secret,
+    per_worker,
     secret_hash,
 )
 from .allies import Allies
@@ -46,6 +47,7 @@ from .errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Una
 from .feed import HOLD_KEY, ChainProblem, Feed, check_feed, node_keys
 from .metrics import Metrics
 from .store import ItemQuery, ItemRow, Session, Store, User
+from .workers import SharedWake
 
 log = logging.getLogger("aidnode")
 # Requests a minute to /federation/…: enough for a busy ally pushing each entry as it is
@@ -174,11 +176,17 @@ class Node:
         self.store: Store | None = None
         self.feed: Feed | None = None
         self.passwords = Passwords()
-        self.login_by_account = RateLimiter(LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW_SECONDS)
-        self.login_by_address = RateLimiter(LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_SECONDS)
+        # Limits count in memory, per process: with several workers each takes its share.
+        workers = config.workers
+        self.login_by_account = RateLimiter(per_worker(LOGIN_FAILURES_PER_ACCOUNT, workers),
+                                            LOGIN_WINDOW_SECONDS)  # fmt: skip
+        self.login_by_address = RateLimiter(per_worker(LOGIN_FAILURES_PER_ADDRESS, workers),
+                                            LOGIN_WINDOW_SECONDS)  # fmt: skip
         # Federation endpoints, per client address and per signing node (server/routing.py).
-        self.federation_by_address = RateLimiter(FEDERATION_PER_ADDRESS_PER_MINUTE, 60)
-        self.federation_by_node = RateLimiter(FEDERATION_PER_NODE_PER_MINUTE, 60)
+        self.federation_by_address = RateLimiter(per_worker(FEDERATION_PER_ADDRESS_PER_MINUTE, workers), 60)
+        self.federation_by_node = RateLimiter(per_worker(FEDERATION_PER_NODE_PER_MINUTE, workers), 60)
+        # The background workers' wake-up events by name (server/workers.py SharedWake).
+        self.wakes: dict[str, SharedWake] = {}
         self.cookie_suffix = cookie_suffix(config.base_url)
         self.allies: Allies | None = None
         self.peer_names: dict[str, str] = {}  # base URL → the group's name, for views
@@ -187,6 +195,12 @@ class Node:
         self.metrics = Metrics()  # its own registry: /metrics (server/metrics.py)
 
     # ------------------------------------------------------------------------ life
+
+    def wake_event(self, name: str) -> SharedWake:
+        """The event that wakes the background worker `name`, made once."""
+        if name not in self.wakes:
+            self.wakes[name] = SharedWake(name)
+        return self.wakes[name]
 
     async def start(self) -> None:
         self.store = await Store.open(self.config.database_path)

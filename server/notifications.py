@@ -30,7 +30,6 @@ is retried with growing delays, then given up and logged:
 The address is read when the email is sent, so a member who removed theirs gets nothing.
 """
 
-import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -178,7 +177,7 @@ class Notifications:
 
     def __init__(self, node: "Node") -> None:
         self.node = node
-        self._wake = asyncio.Event()
+        self._wake = node.wake_event("notifications")
         self._templates = Templates()  # for its translations: emails go out in a language too
 
     @property

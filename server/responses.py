@@ -46,7 +46,7 @@ from federation.items import N_
 from federation.outbound import FetchError
 from federation.timefmt import format_time
 
-from .accounts import RateLimiter
+from .accounts import RateLimiter, per_worker
 from .allies import reply_reason
 from .api import read_json
 from .errors import (
@@ -193,9 +193,10 @@ class Responses:
 
     def __init__(self, node: "Node") -> None:
         self.node = node
-        self.from_allies = RateLimiter(RESPONSES_PER_HOUR_ALLY, RATE_WINDOW)
-        self.from_others = RateLimiter(RESPONSES_PER_HOUR_OTHER, RATE_WINDOW)
-        self._wake = asyncio.Event()
+        workers = node.config.workers
+        self.from_allies = RateLimiter(per_worker(RESPONSES_PER_HOUR_ALLY, workers), RATE_WINDOW)
+        self.from_others = RateLimiter(per_worker(RESPONSES_PER_HOUR_OTHER, workers), RATE_WINDOW)
+        self._wake = node.wake_event("responses")
 
     @property
     def store(self):

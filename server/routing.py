@@ -59,6 +59,7 @@ ACCESS_LEVELS = (
 INBOX_SIGNERS = {"response": "any", "response-status": "pinned"}
 NODE_OVER_LIMIT = N_("too many requests from your node: slow down")
 INBOX_MAX_BYTES = 512 * 1024
+REPLAYED = "signature refused: this nonce was already used (a replay)"
 FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 SURFACES = ("page", "api", "public", "federation")
 FORM_MAX_FIELDS = 100
@@ -79,8 +80,8 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def identify_node(request: Request, *, any_node: bool = False,
-                        pinned: bool = False) -> "SignedBy":  # fmt: skip
+async def identify_node(request: Request, *, any_node: bool = False, pinned: bool = False,
+                        defer_nonce: bool = False) -> "SignedBy":  # fmt: skip
     """Verify a request from another node (DESIGN §4.4); raise Unauthorized on any failure.
 
     `@target-uri` is rebuilt from this node's own base_url and the raw path and query, never
@@ -88,6 +89,12 @@ async def identify_node(request: Request, *, any_node: bool = False,
     any known node (nothing is fetched); with `any_node` any known node, and then a node not
     met before has its document fetched to learn its key. The nonce is remembered in the
     database so a replay is refused even after a restart.
+
+    With `defer_nonce` (a push of entries), a nonce already committed is refused here, but
+    it is recorded by the handler, in the transaction that does what the request asks
+    (`SignedBy.nonce`, `PendingNonce`): one COMMIT a push rather than two, and a request's
+    nonce is on disk exactly when its effect is. Two requests with one nonce that arrive
+    together both pass this look; the write transaction refuses the second.
     """
     node = request.app.state.node
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
@@ -130,15 +137,20 @@ async def identify_node(request: Request, *, any_node: bool = False,
                                          "unknown", False)  # fmt: skip
     except (SignatureError, ProtocolError) as error:
         raise Unauthorized(str(error)) from None
-    if not await node.store.remember_nonce(
-        verified.key_id, verified.nonce, int(now.timestamp()), NONCE_MEMORY_SECONDS
-    ):
-        raise Unauthorized("signature refused: this nonce was already used (a replay)")
     peer_id, _, trust, push_paused = keys[verified.key_id]
+    pending = PendingNonce(verified.key_id, verified.nonce, int(now.timestamp()))
+    # A node we had stopped pushing to is heard from (a write) only once its nonce is
+    # recorded, so such a request records it here, as every other request does.
+    if defer_nonce and not (push_paused and trust == "trusted"):
+        if await node.store.nonce_seen(*pending, NONCE_MEMORY_SECONDS):
+            raise Unauthorized(REPLAYED)
+    else:
+        await pending.remember(node.store)
+        pending = None
     if push_paused and trust == "trusted":
         await node.allies.heard_from(peer_id)
     return SignedBy(peer_id=peer_id, node=verified.key_id.rsplit("#", 1)[0],
-                    key_id=verified.key_id, trust=trust)  # fmt: skip
+                    key_id=verified.key_id, trust=trust, nonce=pending)  # fmt: skip
 
 
 async def inbox_message_type(request: Request) -> str | None:
@@ -159,13 +171,40 @@ async def inbox_message_type(request: Request) -> str | None:
 
 
 @dataclass(frozen=True)
+class PendingNonce:
+    """A verified request's nonce that is not recorded yet (`identify_node(defer_nonce=…)`):
+    whoever acts on the request records it first, in the same write transaction."""
+
+    key_id: str
+    nonce: str
+    seen_at: int
+
+    def __iter__(self):
+        return iter((self.key_id, self.nonce, self.seen_at))
+
+    async def remember_in(self, store, db) -> None:
+        """Record it inside `db`'s write transaction; Unauthorized if it was used already
+        (then the caller's block, and so the whole request, changes nothing)."""
+        if not await store.remember_nonce_in(db, *self, NONCE_MEMORY_SECONDS):
+            raise Unauthorized(REPLAYED)
+
+    async def remember(self, store) -> None:
+        """Record it in a transaction of its own, for a request refused or acted on
+        without writing."""
+        async with store.write() as db:
+            await self.remember_in(store, db)
+
+
+@dataclass(frozen=True)
 class SignedBy:
-    """The node that signed a federation request."""
+    """The node that signed a federation request; `nonce`: its nonce, when not recorded yet
+    (see `identify_node`), which the handler must record before acting."""
 
     peer_id: int
     node: str
     key_id: str
     trust: str = "trusted"
+    nonce: PendingNonce | None = None
 
 
 async def identify(request: Request, surface: str, access: str = "anyone") -> None:
@@ -191,12 +230,20 @@ async def identify(request: Request, surface: str, access: str = "anyone") -> No
         claimed = claimed_key_id(request.headers.get("signature-input", ""))
         if claimed is not None:
             _limit(node.federation_by_node, claimed.rsplit("#", 1)[0], NODE_OVER_LIMIT, count=False)
-        signers = "any" if access == "any_node" else "trusted"
+        signers, kind = ("any" if access == "any_node" else "trusted"), None
         if access == "inbox_sender":
-            signers = INBOX_SIGNERS.get(await inbox_message_type(request), "trusted")
+            kind = await inbox_message_type(request)
+            signers = INBOX_SIGNERS.get(kind, "trusted")
+        # A push's nonce is recorded with its entries, by the inbox (one COMMIT a push).
         request.state.peer = await identify_node(request, any_node=signers == "any",
-                                                 pinned=signers == "pinned")  # fmt: skip
-        _limit(node.federation_by_node, request.state.peer.node, NODE_OVER_LIMIT)
+                                                 pinned=signers == "pinned",
+                                                 defer_nonce=kind == "entries")  # fmt: skip
+        try:
+            _limit(node.federation_by_node, request.state.peer.node, NODE_OVER_LIMIT)
+        except TooManyRequests:
+            if request.state.peer.nonce is not None:  # refused: still, never again
+                await request.state.peer.nonce.remember(node.store)
+            raise
         return
     if surface == "api" or (surface == "public" and "authorization" in request.headers):
         header = request.headers.get("authorization", "")

@@ -1003,12 +1003,29 @@ class Store:
     async def remember_nonce(self, key_id: str, nonce: str, now: int, window: int) -> bool:
         """Record a request nonce; False if the same key used it within `window` seconds."""
         async with self.write() as db:
-            await db.execute("DELETE FROM seen_nonces WHERE seen_at <= ?", (now - window,))
-            cursor = await db.execute(
-                "INSERT OR IGNORE INTO seen_nonces (key_id, nonce, seen_at) VALUES (?, ?, ?)",
-                (key_id, nonce, now),
-            )
-            return cursor.rowcount == 1
+            return await self.remember_nonce_in(db, key_id, nonce, now, window)
+
+    async def remember_nonce_in(self, db: aiosqlite.Connection, key_id: str, nonce: str,
+                                now: int, window: int) -> bool:  # fmt: skip
+        """`remember_nonce` inside the caller's write transaction, so that the request's
+        nonce commits with what the request did, or not at all. The write connection sees
+        what writers before it in the transaction recorded: of two requests with one nonce,
+        the second is refused even before the first commits."""
+        await db.execute("DELETE FROM seen_nonces WHERE seen_at <= ?", (now - window,))
+        cursor = await db.execute(
+            "INSERT OR IGNORE INTO seen_nonces (key_id, nonce, seen_at) VALUES (?, ?, ?)",
+            (key_id, nonce, now),
+        )
+        return cursor.rowcount == 1
+
+    async def nonce_seen(self, key_id: str, nonce: str, now: int, window: int) -> bool:
+        """Whether a committed request used this nonce within `window` seconds: a look, on a
+        reader, that refuses a replay early; only `remember_nonce(_in)` decides."""
+        row = await self.fetch_one(
+            "SELECT 1 FROM seen_nonces WHERE key_id = ? AND nonce = ? AND seen_at > ?",
+            (key_id, nonce, now - window),
+        )
+        return row is not None
 
     async def count_items(self) -> dict[str, int]:
         rows = await self.fetch_all(

@@ -1,6 +1,7 @@
 """Item cards in listings are rendered once and kept (server/templating.py `Cards`): what is
 kept must never be shown once the item, its age, its poster's name or the language changed."""
 
+import dataclasses
 import re
 
 import pytest
@@ -65,3 +66,32 @@ async def test_only_the_newest_cards_are_kept(harness, monkeypatch):
     titles = {item["id"]: item["title"] for item in
               (await api.get("/api/v1/items")).json()["items"]}  # fmt: skip
     assert sorted(titles[key[0]] for key in kept) == ["Ramp 0", "Ramp 1", "Ramp 2"]
+
+
+def filter_form(html: str) -> str:
+    [form] = re.findall(r'<form method="get" action="/items".*?</form>', html, flags=re.S)
+    return form
+
+
+async def test_the_kept_filter_form_shows_the_filters_asked_for_and_the_groups_known(harness):
+    """The filter form is kept per language, filters and groups: a kept one never shows
+    another page's choices, another language, a group since gone, or a member's filters to a
+    visitor."""
+    browser = await harness.browser("sam")
+    plain = filter_form((await browser.get("/items")).text)
+    assert 'value="need" selected' not in plain
+    needs = filter_form((await browser.get("/items?kind=need&q=%3Cb%3Eramp")).text)
+    assert 'value="need" selected' in needs and 'value="&lt;b&gt;ramp"' in needs
+    assert filter_form((await browser.get("/items")).text) == plain  # kept, and not the other
+    harness.node.peer_names["http://127.0.0.1:9"] = "Pantry <West>"
+    grouped = filter_form((await browser.get("/items")).text)
+    assert '<option value="http://127.0.0.1:9">Pantry &lt;West&gt;</option>' in grouped
+    del harness.node.peer_names["http://127.0.0.1:9"]
+    assert filter_form((await browser.get("/items")).text) == plain
+    chosen = await post_form(browser, "/account", {"action": "language", "language": "es"})
+    assert chosen.status_code == 303
+    assert "Todas las categorías" in filter_form((await browser.get("/items")).text)
+    harness.node.config = dataclasses.replace(harness.node.config, public_offers=True)
+    visitor = await harness.browser()
+    shown = filter_form((await visitor.get("/items")).text)
+    assert 'name="q"' in shown and 'name="kind"' not in shown and 'name="origin"' not in shown

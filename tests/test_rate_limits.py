@@ -7,8 +7,12 @@ in tests/test_web.py, tests/test_responses.py and tests/test_federation_limits.p
 
 import pytest
 
-from server.accounts import RateLimiter
-from server.node import LOGIN_WINDOW_SECONDS
+from server.accounts import RateLimiter, per_worker
+from server.node import (
+    FEDERATION_PER_NODE_PER_MINUTE,
+    LOGIN_FAILURES_PER_ACCOUNT,
+    LOGIN_WINDOW_SECONDS,
+)
 from server.responses import RATE_WINDOW, RESPONSES_PER_HOUR_ALLY
 from tests.conftest import PASSWORD, csrf_of
 from tests.test_inbox import send, signed
@@ -90,3 +94,24 @@ async def test_a_node_is_served_again_once_its_retry_after_has_passed(harness):
     clock.now += 2
     served = await read_cursor()
     assert served.status_code == 200, served.text
+
+
+@pytest.mark.parametrize(("limit", "workers", "share"),
+                         [(5, 1, 5), (5, 2, 3), (20, 2, 10), (600, 2, 300), (1, 4, 1)])  # fmt: skip
+def test_each_worker_process_enforces_its_share_of_a_limit_rounded_up(limit, workers, share):
+    assert per_worker(limit, workers) == share
+    assert share * workers >= limit  # no client is held to less than the limit in all
+
+
+async def test_a_node_of_two_worker_processes_takes_its_share_of_each_limit(tmp_path):
+    """Each process of a node serving with `workers` = 2 counts its half of each limit."""
+    from server.app import create_app
+    from server.config import load_config
+    from server.node import init_node
+
+    init_node(tmp_path / "node", name="Pantry", base_url="http://127.0.0.1:9", environ={})
+    config = load_config(tmp_path / "node", environ={"AIDNODE_WORKERS": "2"})
+    node = create_app(config, workers=False).state.node
+    assert node.login_by_account.limit == per_worker(LOGIN_FAILURES_PER_ACCOUNT, 2) == 3
+    assert node.federation_by_node.limit == FEDERATION_PER_NODE_PER_MINUTE // 2
+    assert node.responses.from_allies.limit == RESPONSES_PER_HOUR_ALLY // 2

@@ -1,0 +1,115 @@
+"""What makes a push cheaper keeps every check: a push's nonce commits with its entries (one
+COMMIT a push), and a replay is still refused, also two at once, also of a push refused."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from federation.httpsig import new_nonce, sign_request
+from tests.test_ingest import WEST, WestFeed, add_west, item, remote_titles
+
+pytestmark = pytest.mark.anyio
+
+
+def pushed(harness, feed: WestFeed, entries: list, *, nonce: str | None = None,
+           origin: str = WEST) -> httpx.Request:  # fmt: skip
+    """A push of `entries`, signed by West (with `nonce`, default a fresh one)."""
+    body = {"type": "entries", "origin": origin, "entries": entries}
+    request = httpx.Request("POST", harness.config.base_url + "/federation/inbox", json=body)
+    return sign_request(request, feed.key, feed.key_id, now=harness.clock(), nonce=nonce)
+
+
+async def nonces_held(harness) -> int:
+    return (await harness.node.store.fetch_one("SELECT count(*) FROM seen_nonces"))[0]
+
+
+async def test_a_push_commits_its_nonce_and_its_entries_together(harness, monkeypatch):
+    """One COMMIT (one fsync) a push: the request's nonce is recorded in the batch's own
+    transaction, not in one of its own before it."""
+    feed = WestFeed()
+    await add_west(harness, feed)
+    for n in range(12):
+        feed.append(item(n + 1))
+    store = harness.node.store
+    commits = []
+    commit = store._commit
+
+    async def counted(batch):
+        commits.append(batch)
+        await commit(batch)
+
+    monkeypatch.setattr(store, "_commit", counted)
+    # West pushes twelve entries.
+    response = await harness.client().send(pushed(harness, feed, feed.entries))
+    assert response.status_code == 200, response.text
+    assert response.json()["received"]["seq"] == 12
+    assert len(commits) == 1
+    assert await nonces_held(harness) == 1
+    assert len(await remote_titles(harness)) == 1  # twelve items, all titled alike
+
+
+async def test_a_replayed_push_is_refused_and_changes_nothing(harness):
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    feed.append(item(1))
+    nonce = new_nonce()
+    # West pushes entry 1.
+    first = await harness.client().send(pushed(harness, feed, feed.entries, nonce=nonce))
+    assert first.status_code == 200
+    # Someone replays the request once more, with entry 2 as the body (signed anew with
+    # West's key and the same nonce: only the nonce is what refuses it).
+    feed.append(item(2, title="Bread"))
+    again = await harness.client().send(pushed(harness, feed, feed.entries, nonce=nonce))
+    assert again.status_code == 401 and "already used" in again.json()["error"]
+    assert (await harness.node.store.peer(peer_id)).received_seq == 1
+    assert await remote_titles(harness) == {"Soup on Sundays"}
+
+
+async def test_two_pushes_with_one_nonce_at_once_are_taken_once(harness):
+    """The nonce is only looked up before the transaction; the transaction decides, so of
+    two requests that arrive together only one is taken."""
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    for n in range(20):
+        feed.append(item(n + 1, title=f"Offer {n}"))
+    nonce = new_nonce()
+    client = harness.client()
+    # The same signed push, sent twice at the same moment.
+    answers = await asyncio.gather(
+        client.send(pushed(harness, feed, feed.entries, nonce=nonce)),
+        client.send(pushed(harness, feed, feed.entries[:10], nonce=nonce)),
+    )  # fmt: skip
+    assert sorted(answer.status_code for answer in answers) == [200, 401]
+    refused = next(answer for answer in answers if answer.status_code == 401)
+    assert "already used" in refused.json()["error"]
+    taken = next(answer for answer in answers if answer.status_code == 200)
+    held = (await harness.node.store.peer(peer_id)).received_seq
+    assert taken.json()["received"]["seq"] == held and held in (10, 20)
+    assert await nonces_held(harness) == 1
+
+
+@pytest.mark.parametrize("case", ["gap", "another origin", "not a list", "extra field"])
+async def test_a_push_refused_before_ingest_still_records_its_nonce(harness, case):
+    """A push answered 4xx before its entries are looked at cannot be replayed either."""
+    feed = WestFeed()
+    await add_west(harness, feed)
+    feed.append(item(1))
+    feed.append(item(2))
+    nonce = new_nonce()
+    if case == "gap":
+        request = pushed(harness, feed, feed.entries[1:], nonce=nonce)
+    elif case == "another origin":
+        request = pushed(harness, feed, feed.entries, nonce=nonce, origin="https://east.example")
+    elif case == "not a list":
+        request = pushed(harness, feed, {"seq": 1}, nonce=nonce)  # type: ignore[arg-type]
+    else:
+        body = {"type": "entries", "origin": WEST, "entries": feed.entries, "also": 1}
+        request = sign_request(
+            httpx.Request("POST", harness.config.base_url + "/federation/inbox", json=body),
+            feed.key, feed.key_id, now=harness.clock(), nonce=nonce,
+        )  # fmt: skip
+    first = await harness.client().send(request)
+    assert 400 <= first.status_code < 500 and first.status_code != 401, first.text
+    again = await harness.client().send(request)
+    assert again.status_code == 401 and "already used" in again.json()["error"]
