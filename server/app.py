@@ -262,7 +262,7 @@ def _share_the_work(node: Node, cleanup: list[Callable[[], None]]) -> bool:
     leadership = Leadership(node.config.data_dir / "serve.lock")
     if leadership.try_acquire():
         receiver = WakeReceiver(address, node.wakes)
-        cleanup += [receiver.close, leadership.release]
+        cleanup += [leadership.release, receiver.close]  # undone last first: the socket, then the lock
         log.info("worker process %d runs the background workers", os.getpid())
         return True
     sender = WakeSender(address)
