@@ -272,10 +272,6 @@ def _share_the_work(node: Node, cleanup: list[Callable[[], None]]) -> bool:
     return False
 
 
-async def _refresh_peer_names(node: Node) -> None:
-    node.peer_names = {peer.url: peer.name for peer in await node.store.peers()}
-
-
 def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = True) -> Starlette:
     """Build a node. `workers=False` leaves the background workers off (for tests that drive
     them by hand with an injected clock)."""
@@ -292,7 +288,7 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
             leader = _share_the_work(node, cleanup)
             tasks = _workers(node) if leader else []
             tasks.append(asyncio.create_task(run_rounds(
-                lambda: _refresh_peer_names(node), asyncio.Event(), PEER_NAMES_REFRESH,
+                node.read_peer_names, asyncio.Event(), PEER_NAMES_REFRESH,
                 "reading the peers' names", node.stopping)))  # fmt: skip
         elif workers:
             tasks = _workers(node)

@@ -75,14 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     tell_operator(config.log_format, f"serving {config.name!r} at {config.base_url} "
                   f"(listening on {config.host}:{config.port})")  # fmt: skip
     # The node writes its own access log (server/logs.py: it says how long each request took).
-    options = dict(host=config.host, port=config.port, log_config=None, access_log=False,
-                   proxy_headers=False, server_header=False, timeout_graceful_shutdown=20)  # fmt: skip
+    options = dict(log_config=None, access_log=False, proxy_headers=False, server_header=False,
+                   timeout_graceful_shutdown=20)  # fmt: skip
     if config.workers == 1:
-        uvicorn.run(create_app(config), **options)
+        uvicorn.run(create_app(config), host=config.host, port=config.port, **options)
         return
     from .serving import serve_workers
 
-    del options["host"], options["port"]
     try:
         status = serve_workers(Path(args.data), config.workers, config.host, config.port, options)
     except OSError as error:

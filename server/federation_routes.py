@@ -98,37 +98,34 @@ async def inbox(request: Request) -> Response:
         raise PayloadTooLarge(f"an inbox message is at most {INBOX_MAX_BYTES} bytes")
     parsed = getattr(request.state, "inbox_message", None)
     json_sent = request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
-    if signer.nonce is not None:
-        # A push (`identify_node(defer_nonce=True)`): its nonce is recorded with its entries,
-        # or, for anything else this handler does with it, before.
-        pushed = parsed if isinstance(parsed, dict) and json_sent else None
-        if (pushed is not None and pushed.get("type") == "entries" and signer.trust == "trusted"
-                and set(pushed) == {"type", "origin", "entries"}
-                and pushed["origin"] == signer.node):  # fmt: skip
-            status, answer = await node.allies.received_push(signer.peer_id, pushed,
-                                                             nonce=signer.nonce)  # fmt: skip
+    # A push's nonce, not recorded yet (`identify_node(defer_nonce=True)`: its body said
+    # `entries`), commits with its entries; a push refused here records it on its own.
+    unrecorded = signer.nonce
+    try:
+        body = parsed if isinstance(parsed, dict) and json_sent else await _json_body(request)
+        kind = body.get("type")
+        if kind in ("response", "response-status"):
+            return await inbox_message(node, signer, body)
+        if signer.trust != "trusted":  # identified among trusted keys only; checked once more
+            raise Unauthorized("signature refused: this node takes that message only from its allies")
+        if kind == "entries":
+            if set(body) != {"type", "origin", "entries"}:
+                raise ClientError("an entries message is {type, origin, entries}")
+            if body["origin"] != signer.node:
+                raise Forbidden("entries are taken only from their origin, signing for itself")
+            unrecorded = None  # received_push records it
+            status, answer = await node.allies.received_push(signer.peer_id, body, nonce=signer.nonce)
             return JSONResponse(answer, status_code=status)
-        await signer.nonce.remember(node.store)
-    body = parsed if isinstance(parsed, dict) and json_sent else await _json_body(request)
-    kind = body.get("type")
-    if kind in ("response", "response-status"):
-        return await inbox_message(node, signer, body)
-    if signer.trust != "trusted":  # identified among trusted keys only; checked once more
-        raise Unauthorized("signature refused: this node takes that message only from its allies")
-    if kind == "entries":
-        if set(body) != {"type", "origin", "entries"}:
-            raise ClientError("an entries message is {type, origin, entries}")
-        if body["origin"] != signer.node:
-            raise Forbidden("entries are taken only from their origin, signing for itself")
-        status, answer = await node.allies.received_push(signer.peer_id, body)
-        return JSONResponse(answer, status_code=status)
-    if kind == "subscription":
-        if set(body) != {"type", "state"} or body["state"] not in ("accepted", "rejected"):
-            raise ClientError("a subscription message is {type, state: accepted|rejected}")
-        await node.allies.subscription_answered(signer.peer_id, body["state"])
-        return JSONResponse({"ok": True})
-    raise ClientError("unknown message type: expected entries, subscription, response or "
-                      "response-status", field="type")
+        if kind == "subscription":
+            if set(body) != {"type", "state"} or body["state"] not in ("accepted", "rejected"):
+                raise ClientError("a subscription message is {type, state: accepted|rejected}")
+            await node.allies.subscription_answered(signer.peer_id, body["state"])
+            return JSONResponse({"ok": True})
+        raise ClientError("unknown message type: expected entries, subscription, response or "
+                          "response-status", field="type")
+    finally:
+        if unrecorded is not None:
+            await unrecorded.remember(node.store)
 
 
 async def cursor(request: Request) -> Response:

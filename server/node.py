@@ -218,8 +218,12 @@ class Node:
         self.store.feed = self.feed
         async with self.store.write() as db:
             await self.feed.ensure_first_key(db)
-        self.peer_names = {peer.url: peer.name for peer in await self.store.peers()}
+        await self.read_peer_names()
         self.allies = Allies(self)
+
+    async def read_peer_names(self) -> None:
+        """The groups' names by base URL, as stored (another worker process may add a peer)."""
+        self.peer_names = {peer.url: peer.name for peer in await self.store.peers()}
 
     async def close(self) -> None:
         if self.allies is not None:

@@ -191,8 +191,8 @@ class PendingNonce:
     async def remember(self, store) -> None:
         """Record it in a transaction of its own, for a request refused or acted on
         without writing."""
-        async with store.write() as db:
-            await self.remember_in(store, db)
+        if not await store.remember_nonce(*self, NONCE_MEMORY_SECONDS):
+            raise Unauthorized(REPLAYED)
 
 
 @dataclass(frozen=True)

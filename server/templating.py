@@ -10,6 +10,7 @@ source. `scripts/i18n` extracts the strings and updates and compiles the catalog
 
 import gettext
 from collections import OrderedDict
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -59,6 +60,30 @@ def negotiate_language(accept_language: str, available: tuple[str, ...]) -> str:
     return min(choices)[2] if choices else DEFAULT_LANGUAGE
 
 
+class Kept:
+    """Rendered HTML by key, the newest `size` of them: `get(key, render)` renders on a miss."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: OrderedDict[tuple, Markup] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __iter__(self):
+        return iter(self._kept)  # the keys, oldest first
+
+    def get(self, key: tuple, render: Callable[[], Markup]) -> Markup:
+        html = self._kept.get(key)
+        if html is not None:
+            self._kept.move_to_end(key)
+            return html
+        html = self._kept[key] = render()
+        if len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+        return html
+
+
 class Cards:
     """Item cards for lists, each rendered once per look and kept (the newest CARD_CACHE_SIZE).
 
@@ -69,23 +94,19 @@ class Cards:
 
     def __init__(self, env: jinja2.Environment, labels: Labels) -> None:
         self._env, self._labels = env, labels
-        self._kept: OrderedDict[tuple, Markup] = OrderedDict()
+        self._kept = Kept(CARD_CACHE_SIZE)
         self._macro = None
 
     def __call__(self, view) -> Markup:
         state, age = view.state, self._labels.age(view.age_seconds)
         key = (state["id"], state["version"], state.get("author"), view.row.is_local,
                view.origin_name, view.via_names, age)  # fmt: skip
-        html = self._kept.get(key)
-        if html is not None:
-            self._kept.move_to_end(key)
-            return html
+        return self._kept.get(key, lambda: self._render(view, age))
+
+    def _render(self, view, age: str) -> Markup:
         if self._macro is None:
             self._macro = self._env.get_template("_item_card.html").module.card
-        html = self._kept[key] = self._macro(view, age)
-        if len(self._kept) > CARD_CACHE_SIZE:
-            self._kept.popitem(last=False)
-        return html
+        return self._macro(view, age)
 
     def each(self, views) -> Markup:
         """The cards of a list, in one call from the template rather than one per card."""
@@ -99,21 +120,17 @@ class FilterForms:
 
     def __init__(self, env: jinja2.Environment) -> None:
         self._env = env
-        self._kept: OrderedDict[tuple, Markup] = OrderedDict()
+        self._kept = Kept(FILTER_FORM_CACHE_SIZE)
 
     def __call__(self, user, filters: dict, groups: list) -> Markup:
         key = (user is not None, tuple(sorted(filters.items())), tuple(groups))
-        html = self._kept.get(key)
-        if html is not None:
-            self._kept.move_to_end(key)
-            return html
+        return self._kept.get(key, lambda: self._render(user, filters, groups))
+
+    def _render(self, user, filters: dict, groups: list) -> Markup:
         # What an autoescaping template rendered: every value in it is escaped already.
         rendered = self._env.get_template("items/_filters.html").render(
             user=user, filters=filters, groups=groups)  # fmt: skip
-        html = self._kept[key] = Markup(rendered)  # noqa: S704
-        if len(self._kept) > FILTER_FORM_CACHE_SIZE:
-            self._kept.popitem(last=False)
-        return html
+        return Markup(rendered)  # noqa: S704
 
 
 class Templates:
