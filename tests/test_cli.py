@@ -143,3 +143,15 @@ def test_bad_setting_in_environment_is_one_line(node):
     assert result.returncode == 1 and "AIDNODE_POLL_INTERVAL" in result.stderr
     assert "Traceback" not in result.stderr
     assert os.environ.get("AIDNODE_POLL_INTERVAL") is None
+
+
+@pytest.mark.parametrize(("args", "env", "said"), [
+    (("--workers", "0"), {}, "workers (override) must be at least 1"),
+    (("--workers", "65"), {}, "workers must be at most 64"),
+    ((), {"AIDNODE_WORKERS": "two"}, "AIDNODE_WORKERS"),
+    ((), {"AIDNODE_WORKERS": "0"}, "AIDNODE_WORKERS"),
+])  # fmt: skip
+def test_bad_worker_counts_are_one_line_and_start_nothing(node, args, env, said):
+    result = run_cli("serve", "--data", str(node.data), *args, check=False, env=env)
+    assert result.returncode == 1 and said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "started worker process" not in result.stderr
