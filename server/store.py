@@ -15,6 +15,7 @@ crash never leaves one without the other.
 import asyncio
 import collections
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,18 +46,43 @@ class User:
     language: str | None = None  # chosen on the account page; None: the browser's
 
 
-@dataclass(frozen=True)
 class ItemRow:
-    """An item as stored: its protocol state and the node's notes about it."""
+    """An item as stored: its protocol state and the node's notes about it.
 
-    state: dict
-    origin: str
-    is_local: bool
-    owner_id: int | None
-    escalation: str | None
-    share_author: bool
-    row: int
-    via: list[str] | None = None  # relaying nodes, for a relayed copy of a remote need
+    A row read back keeps its state as the stored JSON text until something asks for `state`:
+    most of a listing's cards are kept rendered already (`templating.Cards`, keyed by `text`),
+    and decoding thirty states was a seventh of what a browse page cost."""
+
+    __slots__ = ("_state", "_text", "created", "origin", "is_local", "owner_id", "escalation",
+                 "share_author", "row", "via")  # fmt: skip
+
+    def __init__(self, *, origin: str, is_local: bool, owner_id: int | None,
+                 escalation: str | None, share_author: bool, row: int,
+                 via: list[str] | None = None, state: dict | None = None,
+                 text: str | None = None, created: str | None = None) -> None:  # fmt: skip
+        if (state is None) == (text is None) or (state is None and created is None):
+            raise TypeError("an ItemRow holds its state, or the stored text and its created time")
+        self._state, self._text = state, text
+        self.created: str = created if created is not None else state["created"]
+        self.origin, self.is_local, self.owner_id = origin, is_local, owner_id
+        self.escalation, self.share_author, self.row = escalation, share_author, row
+        self.via = via  # relaying nodes, for a relayed copy of a remote need
+
+    @property
+    def state(self) -> dict:
+        if self._state is None:
+            self._state = json.loads(self._text)
+        return self._state
+
+    @property
+    def text(self) -> str:
+        """The state as JSON text: as stored, for a row read back."""
+        if self._text is None:
+            self._text = json.dumps(self._state, ensure_ascii=False)
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"ItemRow(row={self.row}, origin={self.origin!r}, is_local={self.is_local})"
 
 
 PEER_COLUMNS = (
@@ -123,7 +149,8 @@ def _user(row: aiosqlite.Row | None) -> User | None:
 
 def _item(row: aiosqlite.Row) -> ItemRow:
     return ItemRow(
-        state=json.loads(row["state"]), origin=row["origin"], is_local=bool(row["is_local"]),
+        text=row["state"], created=row["created"], origin=row["origin"],
+        is_local=bool(row["is_local"]),
         owner_id=row["owner_id"], escalation=row["escalation"],
         share_author=bool(row["share_author"]), row=row["row"],
         via=json.loads(row["via"]) if row["via"] else None,
@@ -139,7 +166,7 @@ class Session(NamedTuple):
 
 
 USER_COLUMNS = "id, username, display_name, role, disabled, created, language"
-ITEM_COLUMNS = "row, state, origin, is_local, owner_id, escalation, share_author, via"
+ITEM_COLUMNS = "row, state, created, origin, is_local, owner_id, escalation, share_author, via"
 
 
 ITEM_UPSERT = (
@@ -172,12 +199,55 @@ def _item_params(state: dict, origin: str, is_local: bool, owner_id: int | None,
     )  # fmt: skip
 
 
-def fts_query(text: str) -> str:
-    """Quote member text term by term for FTS5 (never raw MATCH syntax); each term a prefix.
-    A NUL ends FTS5's reading of the query (an unterminated string): it separates terms
-    instead, as no item text holds one."""
-    terms = [term.replace('"', '""') for term in text.replace("\x00", " ").split()]
-    return " ".join(f'"{term}"*' for term in terms if term)
+WHOLE_TERMS = 20  # a search word covering more whole terms than this is left a prefix
+_PLAIN_WORD = re.compile(r"[0-9A-Za-z]+")  # folded by FTS5's unicode61 to its lower case alone
+_WHOLE_TERMS_SQL = """
+WITH RECURSIVE word(i, prefix) AS (VALUES {values}),
+found(i, prefix, n, term) AS (
+    SELECT i, prefix, 0, (SELECT term FROM items_fts_terms WHERE term >= prefix LIMIT 1) FROM word
+    UNION ALL
+    SELECT i, prefix, n + 1,
+        (SELECT term FROM items_fts_terms WHERE term >= found.term || char(1) LIMIT 1)
+    FROM found WHERE substr(term, 1, length(prefix)) = prefix AND n < {cap}
+)
+SELECT i, term FROM found WHERE substr(term, 1, length(prefix)) = prefix"""
+
+
+def search_words(text: str) -> list[str]:
+    """A member's search, word by word. A NUL ends FTS5's reading of a query (an
+    unterminated string): it separates words instead, as no item text holds one."""
+    return text.replace("\x00", " ").split()
+
+
+def fts_query(text: str, whole: dict[int, list[str]] | None = None) -> str:
+    """Member text as an FTS5 query, quoted term by term (never raw MATCH syntax): every word
+    must match, each as a prefix, or as the OR of the whole terms `whole[i]` it covers."""
+    def quoted(term: str) -> str:
+        return '"' + term.replace('"', '""') + '"'
+
+    parts = []
+    for i, word in enumerate(search_words(text)):
+        terms = (whole or {}).get(i)
+        parts.append(f"({' OR '.join(map(quoted, terms))})" if terms else quoted(word) + "*")
+    return " AND ".join(parts)
+
+
+async def whole_terms(db: aiosqlite.Connection, text: str) -> dict[int, list[str]] | None:
+    """The whole terms of the search index each plain word of `text` is a prefix of, by the
+    word's position; None when some word is a prefix of none (so nothing matches). A word
+    covering more than WHOLE_TERMS is left out, to stay a prefix, as is one FTS5 reads other
+    than as itself in lower case (punctuation splits it, or letters beyond ASCII fold)."""
+    plain = [(i, word.lower()) for i, word in enumerate(search_words(text))
+             if _PLAIN_WORD.fullmatch(word)]  # fmt: skip
+    if not plain:
+        return {}
+    sql = _WHOLE_TERMS_SQL.format(values=", ".join("(?, ?)" for _ in plain), cap=WHOLE_TERMS)
+    found: dict[int, list[str]] = {i: [] for i, _ in plain}
+    for i, term in await db.execute_fetchall(sql, [value for pair in plain for value in pair]):
+        found[i].append(term)
+    if any(not terms for terms in found.values()):
+        return None
+    return {i: terms for i, terms in found.items() if len(terms) <= WHOLE_TERMS}
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -902,8 +972,12 @@ class Store:
         return [row[0] for row in rows]
 
     async def list_items(self, query: "ItemQuery") -> list[ItemRow]:
-        sql, params = query.sql()
-        return [_item(row) for row in await self.fetch_all(sql, params)]
+        async with self.read() as db:
+            whole = await whole_terms(db, query.q) if query.q else {}
+            if whole is None:
+                return []  # a word of the search begins no term the index holds
+            sql, params = query.sql(whole)
+            return [_item(row) for row in await db.execute_fetchall(sql, params)]
 
     # ------------------------------------------------------------------------ federation
 
@@ -1150,7 +1224,8 @@ class ItemQuery:
     public_only: bool = False
     near: str | None = None  # a geohash prefix
 
-    def sql(self) -> tuple[str, tuple[Any, ...]]:
+    def sql(self, whole: dict[int, list[str]] | None = None) -> tuple[str, tuple[Any, ...]]:
+        """The query and its parameters; `whole` as fts_query takes it."""
         where = ["1"]
         params: list[Any] = []
         if self.now is not None:
@@ -1184,7 +1259,7 @@ class ItemQuery:
             # 100 ms and more for a common word among 100,000 items.)
             join = " JOIN items_fts f ON f.rowid = i.row"
             where.append("items_fts MATCH ?")
-            params.append(fts_query(self.q))
+            params.append(fts_query(self.q, whole))
             order = "f.rowid DESC"
             if self.after_row is not None:
                 where.append("f.rowid < ?")

@@ -88,9 +88,9 @@ class Cards:
     """Item cards for lists, each rendered once per look and kept (the newest CARD_CACHE_SIZE).
 
     A page of thirty cards is most of what rendering a listing costs, and the same items are
-    listed again and again. The key holds everything `_item_card.html` shows that can change
-    while the item's version stays the same: who it is from, the relaying groups' names, the
-    poster's name (a local setting) and the age as it reads now."""
+    listed again and again. The key holds everything `_item_card.html` shows: the item's state
+    as stored (its JSON text), who it is from, the relaying groups' names and the age as it
+    reads now."""
 
     def __init__(self, env: jinja2.Environment, labels: Labels) -> None:
         self._env, self._labels = env, labels
@@ -98,9 +98,9 @@ class Cards:
         self._macro = None
 
     def __call__(self, view) -> Markup:
-        state, age = view.state, self._labels.age(view.age_seconds)
-        key = (state["id"], state["version"], state.get("author"), view.row.is_local,
-               view.origin_name, view.via_names, age)  # fmt: skip
+        age = self._labels.age(view.age_seconds)
+        # The stored text, not the parsed state: a kept card's item is never decoded.
+        key = (view.row.text, view.row.is_local, view.origin_name, view.via_names, age)
         return self._kept.get(key, lambda: self._render(view, age))
 
     def _render(self, view, age: str) -> Markup:
