@@ -27,9 +27,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +42,6 @@ from federation.entries import (
     check_key_entry,
     check_shape_encoded,
     hash_bytes,
-    signatures_valid,
     verify_signature,
 )  # fmt: skip
 from federation.errors import BaseUrlError, ProtocolError, ValidationError
@@ -58,6 +55,7 @@ from federation.timefmt import format_time, parse_time
 from .errors import BadGateway, ClientError, Invalid, NotFound
 from .feed import read_texts
 from .store import Peer
+from .verifying import Verifier
 from .workers import first_of, run_rounds
 
 if TYPE_CHECKING:
@@ -75,11 +73,11 @@ TRUSTS = ("blocked", "unknown", "trusted")
 PUSH_BATCH = 100  # entries per push, at most (DESIGN §4.5)
 PUSH_MAX_BYTES = 512 * 1024
 INGEST_BATCH = 100  # entries taken in per write transaction
-# Signatures of a batch are checked on this many threads before its transaction (Ed25519
-# verification releases the GIL), for batches of at least VERIFY_AHEAD_MIN entries.
-VERIFY_THREADS = max(1, min(4, os.cpu_count() or 1))
+WRITE_AHEAD = 25  # accepted entries whose items are written while the batch's rest is checked
+# Signatures of a batch are checked ahead on the signature checker processes
+# (server/verifying.py), for batches of at least VERIFY_AHEAD_MIN entries.
 VERIFY_AHEAD_MIN = 8
-VERIFY_CHUNK = 10  # entries a verifier task checks
+VERIFY_CHUNK = 10  # entries a checker task checks
 PUSH_LAG_MAX = 1000  # a follower further behind than this catches up by pulling pages
 # While entries keep coming, pushes start about this many times a second in all, at most: each
 # of n followers is then pushed to every n / 50 s (1 s for 50), in batches (`Allies._push`).
@@ -139,11 +137,11 @@ class Allies:
         self._missed: set[int] = set()  # of those, peers a round skipped: another round is due
         self._push_tasks: set[asyncio.Task] = set()
         self._followers = 0  # that we deliver to, as the last round counted them
-        self._verifier = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
+        self.verifier = Verifier(node.config.verify_processes)
 
     async def close(self) -> None:
         await self.outbound.aclose()
-        self._verifier.shutdown(wait=False, cancel_futures=True)
+        await self.verifier.close()
 
     def _signer(self) -> tuple[NodeKey, str]:
         if self._key is None:
@@ -764,32 +762,12 @@ class Allies:
             # Entries reach here from pages and pushes read by `loads_strict`.
             chain = ChainState(peer.url, peer.received_seq, peer.received_hash, key_id,
                                parse_public_key(public), strictly_read=True)  # fmt: skip
-            accepted, problem = 0, None
             changes = await self._item_changes(db, peer, entries, now)
-            for index, raw in enumerate(entries):
-                # Only a seq from 1 can be held already: an entry numbered 0 or below is no
-                # entry at all, refused by the chain check below rather than skipped as held
-                # (skipped, a push of them was answered 200 and a page of them read as success).
-                seq = raw.get("seq") if isinstance(raw, dict) else None
-                if type(seq) is int and 1 <= seq <= chain.seq:
-                    problem = _overlap_fork(chain, raw)  # held already: a page or push that
-                    if problem is not None:              # overlaps, unless it contradicts ours
-                        break
-                    continue
-                before = (chain.seq, chain.hash, chain.key_id, chain.public)
-                try:
-                    entry = chain.accept(raw, verified_by=await ahead.valid_by(index))
-                    if entry["type"] == "key":
-                        await self._take_key(db, peer_id, entry, old_key=before[2])
-                except ProtocolError as error:
-                    chain.seq, chain.hash, chain.key_id, chain.public = before
-                    problem = _chain_problem(chain, raw, error)
-                    break
-                accepted += 1
-                if entry["type"] == "item":
-                    changes.judge(entry)
-                elif entry["type"] == "relay":
-                    changes.judge_relay(entry)
+            try:
+                accepted, problem = await self._accept_all(db, peer_id, entries, chain, ahead,
+                                                           changes)  # fmt: skip
+            finally:
+                await changes.written()
             relayed = await changes.write(db)
             await self.store.update_peer(
                 db, peer_id, received_seq=chain.seq, received_hash=chain.hash,
@@ -804,27 +782,56 @@ class Allies:
             log.warning("ingest from %s stopped: %s", peer.url, problem)
         return accepted, problem, (chain.seq, chain.hash)
 
+    async def _accept_all(self, db: aiosqlite.Connection, peer_id: int, entries: list,
+                          chain: ChainState, ahead: "_Ahead",
+                          changes: "_ItemChanges") -> tuple[int, str | None]:  # fmt: skip
+        """Check a batch's entries in order against `chain` and judge each one accepted,
+        writing their items every WRITE_AHEAD entries meanwhile: (accepted, the problem that
+        stopped the batch or None)."""
+        accepted, problem = 0, None
+        for index, raw in enumerate(entries):
+            # Only a seq from 1 can be held already: an entry numbered 0 or below is no
+            # entry at all, refused by the chain check below rather than skipped as held
+            # (skipped, a push of them was answered 200 and a page of them read as success).
+            seq = raw.get("seq") if isinstance(raw, dict) else None
+            if type(seq) is int and 1 <= seq <= chain.seq:
+                problem = _overlap_fork(chain, raw)  # held already: a page or push that
+                if problem is not None:              # overlaps, unless it contradicts ours
+                    break
+                continue
+            before = (chain.seq, chain.hash, chain.key_id, chain.public)
+            try:
+                entry = chain.accept(raw, verified_by=await ahead.valid_by(index))
+                if entry["type"] == "key":
+                    await self._take_key(db, peer_id, entry, old_key=before[2])
+            except ProtocolError as error:
+                chain.seq, chain.hash, chain.key_id, chain.public = before
+                problem = _chain_problem(chain, raw, error)
+                break
+            accepted += 1
+            if entry["type"] == "item":
+                changes.judge(entry)
+            elif entry["type"] == "relay":
+                changes.judge_relay(entry)
+            if accepted % WRITE_AHEAD == 0:
+                changes.write_soon(db)
+        return accepted, problem
+
     def _verify_ahead(self, peer: Peer, entries: list, keys: list[tuple]) -> "_Ahead":
-        """Start checking a batch's signatures on the verifier threads, a few entries a task,
-        with the key the peer's next entry is due to be signed with (`peer` as just read,
+        """Start checking a batch's signatures on the checker processes, a few entries a
+        task, with the key the peer's next entry is due to be signed with (`peer` as just read,
         `keys` its pinned keys as `peer_keys_in` gives them).
 
         Nothing is decided here: ingest checks every entry in order as before, waiting for
-        each one's result as it comes to it (so the threads verify while it checks the rest),
+        each one's result as it comes to it (so the checkers work while it checks the rest),
         and skips only the signature check of an entry found valid under the key it finds in
-        force: a key rotated meanwhile, or one in the batch, costs a second check, no more."""
+        force: a key rotated meanwhile, or one in the batch, costs a second check, no more.
+        With no checker ready (`Verifier.check`), ingest checks every signature itself."""
         if len(entries) < VERIFY_AHEAD_MIN:
             return _Ahead(None, [], 1)
         public = parse_public_key(key_in_force(keys, peer.received_seq + 1)[1])
-        return _Ahead(public, self._verifying(entries, public), VERIFY_CHUNK)
-
-    def _verifying(self, entries: list, public) -> list[asyncio.Future]:
-        """Signature checks of these entries by `public` on the verifier threads, VERIFY_CHUNK
-        entries a task, in order (`signatures_valid`)."""
-        loop = asyncio.get_running_loop()
-        return [loop.run_in_executor(self._verifier, signatures_valid,
-                                     entries[start : start + VERIFY_CHUNK], public)
-                for start in range(0, len(entries), VERIFY_CHUNK)]  # fmt: skip
+        tasks = self.verifier.check(entries, public, VERIFY_CHUNK)
+        return _Ahead(None, [], 1) if tasks is None else _Ahead(public, tasks, VERIFY_CHUNK)
 
     async def _item_changes(self, db: aiosqlite.Connection, peer: Peer, entries: list,
                             now: str) -> "_ItemChanges":  # fmt: skip
@@ -871,13 +878,16 @@ class Allies:
                 page = reply.json()
                 if basis is None:
                     basis = snapshot_rules.check_basis(page, origin=peer.url, pinned=pinned_at)
-                # Signatures first, on the verifier threads, by the key in force at the head
+                # Signatures first, on the checker processes, by the key in force at the head
                 # (all but entries from before a rotation, which are checked as they come).
                 current = basis.schedule[-1][1]
                 listed = page.get("entries") if isinstance(page, dict) else None
                 listed = listed if isinstance(listed, list) else []  # check_page says why
-                valid = [ok for part in await asyncio.gather(*self._verifying(listed, current))
+                tasks = self.verifier.check(listed, current, VERIFY_CHUNK) or []
+                valid = [ok for part in await asyncio.gather(*tasks) if part is not None
                          for ok in part]  # fmt: skip
+                if len(valid) != len(listed):  # not checked ahead: check_page checks them all
+                    valid = [False] * len(listed)
                 entries, following = snapshot_rules.check_page(
                     page, basis, after=after, verified_by=[current if ok else None for ok in valid])
                 head_seen = max(head_seen, snapshot_rules.page_head(page)[0])
@@ -1145,7 +1155,7 @@ def _page(page: object, origin: str) -> tuple[list, int]:
 
 
 class _Ahead:
-    """The signature checks of one batch running on the verifier threads (`_verify_ahead`)."""
+    """The signature checks of one batch running on the checker processes (`_verify_ahead`)."""
 
     def __init__(self, public, tasks: list[asyncio.Future], size: int) -> None:
         self.public, self.tasks, self.size = public, tasks, size
@@ -1155,7 +1165,7 @@ class _Ahead:
         if self.public is None:
             return None
         results = await self.tasks[index // self.size]
-        return self.public if results[index % self.size] else None
+        return self.public if results is not None and results[index % self.size] else None
 
     def cancel(self) -> None:
         """Checks not started are dropped (the batch stopped early, or the caller went away)."""
@@ -1241,6 +1251,7 @@ class _ItemChanges:
         self.refused: list[tuple[int, str | None, str]] = []
         self.to_relay: dict[str, tuple[dict, list[str]]] = {}  # item id → (entry, path)
         self.sightings: list[tuple[str, str]] = []
+        self._writing: list[asyncio.Future] = []  # writes started by `write_soon`
 
     def _refuse(self, entry: dict, item_id: str | None, reason: str) -> None:
         self.refused.append((entry["seq"], item_id, reason[:500]))
@@ -1343,15 +1354,51 @@ class _ItemChanges:
               and state["status"] in item_rules.LIVE_STATUSES and state["expires"] > self.now):  # fmt: skip
             self.to_relay[item_id] = (inner, [*path, self.own])
 
+    def write_soon(self, db: aiosqlite.Connection) -> None:
+        """Start writing the item states and removals decided so far, while the batch's other
+        entries are judged: SQLite works on the writer's thread meanwhile. `write` waits for
+        them; statements on `db` run in the order they are sent, so a later outcome for the
+        same item is written after an earlier one.
+
+        Each write's cursor is kept until every write has finished (`written`). A cursor let
+        go on the event loop's thread resets its statement there, and the next write of the
+        same SQL, running meanwhile on the connection's thread, uses that very statement
+        (sqlite3 keeps one per SQL text): SQLite answered "bad parameter or other API
+        misuse", and could do worse."""
+        if self.stored:
+            stored, self.stored = self.stored, {}
+            self._writing.append(asyncio.ensure_future(self._write_items(db, stored)))
+
+    async def _write_items(self, db: aiosqlite.Connection,
+                           stored: dict[str, dict | None]) -> list:  # fmt: skip
+        """Write these outcomes; the statements' cursors, for the caller to keep (above)."""
+        store, cursors = self.allies.store, []
+        states = [state for state in stored.values() if state is not None]
+        removed = [item_id for item_id, state in stored.items() if state is None]
+        if states:
+            cursors += await store.write_remote_items(db, states, source_peer=self.peer.id,
+                                                      via=self.via)  # fmt: skip
+        if removed:
+            cursors += await store.drop_remote_items_by_id(db, removed)
+        return cursors
+
+    async def written(self) -> None:
+        """Wait for the writes `write_soon` started, then let their cursors go; raise what
+        failed (the transaction, and with it the whole batch, is then rolled back). Called
+        however the batch ends."""
+        writing, self._writing = self._writing, []
+        results = await asyncio.gather(*writing, return_exceptions=True)
+        failed = next((result for result in results if isinstance(result, BaseException)), None)
+        del results, writing  # every write is done: no statement is in use on the thread
+        if failed is not None:
+            raise failed
+
     async def write(self, db: aiosqlite.Connection) -> int:
         """Write what the batch decided; the number of relay entries appended to our feed."""
         store = self.allies.store
-        states = [state for state in self.stored.values() if state is not None]
-        removed = [item_id for item_id, state in self.stored.items() if state is None]
-        if states:
-            await store.write_remote_items(db, states, source_peer=self.peer.id, via=self.via)
-        if removed:
-            await store.drop_remote_items_by_id(db, removed)
+        await self.written()
+        await self._write_items(db, self.stored)
+        self.stored = {}
         if self.refused:
             await store.record_refusals(db, self.peer.id, self.refused, self.now)
         if self.sightings:

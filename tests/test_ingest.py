@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 
+from federation import entries as entries_module
 from federation.entries import entry_hash, key_entry_body, sign_entry
 from federation.keys import generate_key, public_key_text
 
@@ -352,10 +353,25 @@ async def test_a_different_signed_entry_at_our_cursor_is_a_fork(harness):
     assert peer.forked and peer.received_seq == 2 and peer.received_hash == entry_hash(feed.entries[1])
 
 
-async def test_a_batch_checked_ahead_still_stops_at_the_first_bad_signature(harness):
-    """Batches of 8 or more have their signatures checked on the verifier threads first
+def counted_inline_checks(monkeypatch) -> list[int]:
+    """The seqs of entries whose signature the node checks itself (not checked ahead)."""
+    checked = []
+    verify = entries_module.verify_signature
+
+    def counted(entry, public, **kwargs):
+        checked.append(entry["seq"])
+        return verify(entry, public, **kwargs)
+
+    monkeypatch.setattr(entries_module, "verify_signature", counted)
+    return checked
+
+
+async def test_a_batch_checked_ahead_still_stops_at_the_first_bad_signature(harness, monkeypatch):
+    """Batches of 8 or more have their signatures checked on the checker processes first
     (`Allies._verify_ahead`): an entry whose signature does not verify stops the batch there,
     exactly as one checked in order does."""
+    assert await harness.node.allies.verifier.wait_ready() == 2
+    inline = counted_inline_checks(monkeypatch)
     feed = WestFeed()
     peer_id = await add_west(harness, feed)
     for n in range(1, 21):
@@ -367,11 +383,15 @@ async def test_a_batch_checked_ahead_still_stops_at_the_first_bad_signature(harn
     assert accepted == 14 and "signature does not verify" in problem
     peer = await harness.node.store.peer(peer_id)
     assert peer.received_seq == 14
+    # The checkers found the first 14 valid; only the forged one was checked again here.
+    assert inline == [15]
 
 
-async def test_a_rotation_inside_a_batch_checked_ahead_is_followed(harness):
+async def test_a_rotation_inside_a_batch_checked_ahead_is_followed(harness, monkeypatch):
     """Entries after a key entry in the same batch were checked ahead with the old key and
     failed there; in order they are checked again with the new key and accepted."""
+    assert await harness.node.allies.verifier.wait_ready() == 2
+    inline = counted_inline_checks(monkeypatch)
     feed = WestFeed()
     peer_id = await add_west(harness, feed)
     for n in range(1, 6):
@@ -382,3 +402,4 @@ async def test_a_rotation_inside_a_batch_checked_ahead_is_followed(harness):
         feed.append(item(n), key=new)
     assert len(feed.entries) >= 8
     assert await harness.node.allies.ingest(peer_id, feed.entries, head_seq=16) == (16, None)
+    assert inline == list(range(7, 17))  # signed by the new key: checked again, here

@@ -1,0 +1,224 @@
+"""Signature checks on processes of their own, so that they use the machine's other cores.
+
+Ingest and snapshots check a batch's Ed25519 signatures ahead of the chain's other checks
+(`federation.entries.signatures_valid`), and `ChainState.accept` skips a check already made
+with the key it finds in force. On threads, those checks fought the event loop for the GIL:
+each signature needs the GIL before and after the native check, and a thread asking for it
+while the event loop runs Python waits up to the interpreter's switch interval (5 ms), so on
+two cores the checks ran at a fraction of their speed and slowed the loop besides. A child
+process has a GIL of its own.
+
+Each `Verifier` starts `processes` children (the `verify_processes` setting) (`python -m server.verifying`) the first
+time a batch is checked, in the background: until they are ready, and whenever they cannot
+be used, `check` answers None and the caller checks signatures itself, as it would anyway.
+Nothing depends on a child for correctness: an answer only lets a check be skipped. A task
+is one frame on the child's standard input, a 4-byte length and a pickle of (public key
+bytes, entries as `loads_strict` read them); the answer is one frame of a byte per entry
+(1: valid). Each child answers its tasks in order. A child that ends or answers out of turn
+is dropped (its tasks answer None) and replaced, at most once every RESTART_AFTER seconds.
+Children ignore SIGINT (a Ctrl-C in the terminal is the node's to handle), and end when
+their standard input closes: when the node closes the verifier, or dies.
+"""
+
+import asyncio
+import collections
+import logging
+import pickle
+import signal
+import struct
+import sys
+import time
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from federation.entries import signatures_valid
+
+log = logging.getLogger("aidnode.verifying")
+
+FRAME = struct.Struct(">I")
+RESTART_AFTER = 60.0  # seconds between attempts to start children, after one failed or ended
+STOP_WAIT = 5.0  # seconds a child is given to end once its input is closed
+KEYS_KEPT = 64  # public keys a child keeps parsed
+
+
+class _Child:
+    """One child process and the answers it owes, in order."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.owed: collections.deque[asyncio.Future] = collections.deque()
+        self.alive = True
+        self.reader = asyncio.create_task(self._read_answers())
+
+    def send(self, public: bytes, entries: Sequence) -> asyncio.Future:
+        payload = pickle.dumps((public, list(entries)), protocol=pickle.HIGHEST_PROTOCOL)
+        answer = asyncio.get_running_loop().create_future()
+        self.owed.append(answer)
+        try:
+            self.process.stdin.write(FRAME.pack(len(payload)) + payload)
+        except (ConnectionError, RuntimeError) as error:  # the pipe closed under us
+            self._end(f"its input closed ({error})")
+        return answer
+
+    async def _read_answers(self) -> None:
+        reason = "it ended"
+        try:
+            while True:
+                (size,) = FRAME.unpack(await self.process.stdout.readexactly(FRAME.size))
+                answer = await self.process.stdout.readexactly(size)
+                if not self.owed:
+                    reason = "it answered a task it was not given"
+                    return
+                owed = self.owed.popleft()
+                if not owed.done():  # a task whose caller stopped waiting is still answered
+                    owed.set_result([byte == 1 for byte in answer])
+        except asyncio.IncompleteReadError:
+            pass
+        except (ConnectionError, OSError) as error:
+            reason = f"its output failed ({error})"
+        finally:
+            self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        if self.alive:
+            self.alive = False
+            if not self.process.stdin.is_closing():
+                self.process.stdin.close()
+            log.warning("a signature checker process (pid %s) stopped: %s; signatures are "
+                        "checked in the node meanwhile", self.process.pid, reason)  # fmt: skip
+        while self.owed:
+            owed = self.owed.popleft()
+            if not owed.done():
+                owed.set_result(None)
+
+    async def stop(self) -> None:
+        """Close its input, so it ends; kill it if it has not within STOP_WAIT seconds."""
+        self.alive = False
+        if not self.process.stdin.is_closing():
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_WAIT)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+        self.reader.cancel()
+        await asyncio.gather(self.reader, return_exceptions=True)
+        while self.owed:
+            owed = self.owed.popleft()
+            if not owed.done():
+                owed.set_result(None)
+
+
+class Verifier:
+    """Signature checks of batches of entries on child processes (see the module docstring)."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._children: list[_Child] = []
+        self._reaping: set[asyncio.Future] = set()  # children that stopped, being waited for
+        self._starting: asyncio.Task | None = None
+        self._next_start = 0.0  # monotonic time before which no child is started
+        self._closed = False
+
+    @property
+    def ready(self) -> int:
+        """Children that take tasks now."""
+        return sum(child.alive for child in self._children)
+
+    def check(self, entries: Sequence, public: Ed25519PublicKey,
+              chunk: int) -> list[asyncio.Future] | None:  # fmt: skip
+        """Futures of `entries`' signature checks by `public`, `chunk` entries each, in order,
+        each giving a list of bools or None (not checked); None at once when no child is
+        ready (children are started then, for the next batch)."""
+        for child in self._children:
+            if not child.alive:
+                reaping = asyncio.ensure_future(child.stop())
+                self._reaping.add(reaping)
+                reaping.add_done_callback(self._reaping.discard)
+        self._children = [child for child in self._children if child.alive]
+        if len(self._children) < self.processes:
+            self._start_soon()
+        if not self._children:
+            return None
+        key = public.public_bytes_raw()
+        futures = []
+        for start in range(0, len(entries), chunk):
+            child = min(self._children, key=lambda child: len(child.owed))
+            futures.append(child.send(key, entries[start : start + chunk]))
+        return futures
+
+    async def wait_ready(self) -> int:
+        """Start the children now and wait until they are up; how many are (for tests)."""
+        self._start_soon(now=True)
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+        return self.ready
+
+    def _start_soon(self, *, now: bool = False) -> None:
+        if self._closed or self._starting is not None:
+            return
+        if not now and time.monotonic() < self._next_start:
+            return
+        self._starting = asyncio.create_task(self._start())
+
+    async def _start(self) -> None:
+        try:
+            while len(self._children) < self.processes and not self._closed:
+                try:
+                    process = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "server.verifying",
+                        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    )  # fmt: skip
+                except OSError as error:
+                    log.warning("could not start a signature checker process: %s; signatures "
+                                "are checked in the node meanwhile", error)  # fmt: skip
+                    break
+                child = _Child(process)
+                if self._closed:
+                    await child.stop()
+                    break
+                self._children.append(child)
+        finally:
+            self._next_start = time.monotonic() + RESTART_AFTER
+            self._starting = None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        children, self._children = self._children, []
+        await asyncio.gather(*(child.stop() for child in children), *self._reaping)
+
+
+# ---------------------------------------------------------------------------- the child
+
+
+def serve(source, sink) -> None:
+    """Answer tasks from `source` on `sink` until `source` ends (see the module docstring)."""
+    keys: dict[bytes, Ed25519PublicKey] = {}
+    while True:
+        header = source.read(FRAME.size)
+        if len(header) < FRAME.size:
+            return
+        (size,) = FRAME.unpack(header)
+        payload = source.read(size)
+        if len(payload) < size:
+            return
+        raw, entries = pickle.loads(payload)  # noqa: S301 (the parent's own frames, over a pipe)
+        public = keys.get(raw)
+        if public is None:
+            if len(keys) >= KEYS_KEPT:
+                keys.clear()
+            public = keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
+        answer = bytes(signatures_valid(entries, public))
+        sink.write(FRAME.pack(len(answer)) + answer)
+        sink.flush()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:  # the node is gone
+        pass
