@@ -73,7 +73,7 @@ TRUSTS = ("blocked", "unknown", "trusted")
 PUSH_BATCH = 100  # entries per push, at most (DESIGN §4.5)
 PUSH_MAX_BYTES = 512 * 1024
 INGEST_BATCH = 100  # entries taken in per write transaction
-WRITE_AHEAD = 25  # accepted entries whose items are written while the batch's rest is checked
+WRITE_AHEAD = 20  # accepted entries whose items are written while the batch's rest is checked
 # Signatures of a batch are checked ahead on the signature checker processes
 # (server/verifying.py), for batches of at least VERIFY_AHEAD_MIN entries.
 VERIFY_AHEAD_MIN = 8

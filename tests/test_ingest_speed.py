@@ -2,11 +2,14 @@
 COMMIT a push), and a replay is still refused, also two at once, also of a push refused."""
 
 import asyncio
+import gc
+import weakref
 
 import httpx
 import pytest
 
 from federation.httpsig import new_nonce, sign_request
+from server import allies as allies_module
 from tests.test_ingest import WEST, WestFeed, add_west, item, remote_titles
 
 pytestmark = pytest.mark.anyio
@@ -113,3 +116,38 @@ async def test_a_push_refused_before_ingest_still_records_its_nonce(harness, cas
     assert 400 <= first.status_code < 500 and first.status_code != 401, first.text
     again = await harness.client().send(request)
     assert again.status_code == 401 and "already used" in again.json()["error"]
+
+
+async def test_items_written_while_a_batch_is_checked_are_all_stored(harness, monkeypatch):
+    """A batch's item states are written every WRITE_AHEAD entries while the rest is checked
+    (`_ItemChanges.write_soon`); each write's cursors are kept until every write is done (a
+    cursor let go on the event loop's thread resets its statement there, while the next write
+    may be running the same statement on the connection's thread)."""
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    for n in range(1, 61):
+        feed.append(item(n, title=f"Offer {n}"))
+    feed.append(item(3, title="Offer 3, again", version=2))  # a later state of an item written
+    store = harness.node.store
+    write = store.write_remote_items
+    returned: list[weakref.ref] = []
+    alive_at_each_write = []
+
+    async def watched(db, states, **kwargs):
+        alive_at_each_write.append((sum(ref() is not None for ref in returned), len(returned)))
+        cursors = await write(db, states, **kwargs)
+        returned.extend(weakref.ref(cursor) for cursor in cursors)
+        return cursors
+
+    monkeypatch.setattr(store, "write_remote_items", watched)
+    monkeypatch.setattr(allies_module, "WRITE_AHEAD", 25)
+    assert await harness.node.allies.ingest(peer_id, feed.entries) == (61, None)
+    # Written at 25 and 50 entries, then the rest: at each write, every cursor an earlier one
+    # returned is still alive (two had, by the last).
+    assert len(alive_at_each_write) == 3 and alive_at_each_write[-1] == (2, 2)
+    assert all(alive == returned_before for alive, returned_before in alive_at_each_write)
+    gc.collect()
+    assert all(ref() is None for ref in returned)
+    titles = {row[0] for row in await store.fetch_all("SELECT title FROM items WHERE NOT is_local")}
+    assert len(titles) == 60 and "Offer 3, again" in titles and "Offer 3" not in titles
+    assert (await store.peer(peer_id)).received_seq == 61
