@@ -91,6 +91,21 @@ def signing_input_read(entry: dict) -> bytes:
     return canonical_read({name: value for name, value in entry.items() if name != "sig"})
 
 
+def signing_input_cut(entry: dict, encoded: bytes) -> bytes | None:
+    """The signing input of a checked entry (`check_shape_encoded`), cut out of its canonical
+    bytes `encoded` rather than encoded again: RFC 8785 sorts an object's members, and
+    taking one out leaves the others as they were, so the entry without `sig` is its bytes
+    without the `,"sig":"…"` member. At the top level that member comes last but for `type`
+    and `v`, whose values a checked entry holds in their only form (a name of ENTRY_TYPES,
+    the number 1); nothing in `body`, which comes before, can end the bytes. None if they do
+    not end as expected (then they were not the entry's)."""
+    tail = b',"type":"%s","v":%d}' % (entry["type"].encode("ascii"), entry["v"])
+    member = b',"sig":"' + entry["sig"].encode("ascii") + b'"'
+    if not encoded.endswith(member + tail):
+        return None
+    return encoded[: -len(member) - len(tail)] + tail
+
+
 def sign_entry(
     *, origin: str, seq: int, prev: str | None, type: str, at: str, body: dict, key: NodeKey
 ) -> dict:
@@ -181,6 +196,25 @@ def verify_signature(entry: dict, public: Ed25519PublicKey, *, strictly_read: bo
         raise EntryError(f"entry {entry.get('seq')}: the signature does not verify") from None
 
 
+def signed_pairs_valid(pairs: Iterable[tuple[bytes, bytes] | None],
+                       public: Ed25519PublicKey) -> list[bool]:  # fmt: skip
+    """For each (signing input, signature) pair, whether the signature is `public`'s over it
+    (False for None: nothing to check). What a signature checker process does with the pairs
+    ingest cuts out (`signing_input_cut`): no JSON work, only the Ed25519 checks."""
+    valid = []
+    for pair in pairs:
+        if pair is None:
+            valid.append(False)
+            continue
+        try:
+            public.verify(pair[1], pair[0])
+        except (InvalidSignature, TypeError, ValueError):
+            valid.append(False)
+        else:
+            valid.append(True)
+    return valid
+
+
 def signatures_valid(entries: list, public: Ed25519PublicKey) -> list[bool]:
     """For each entry as `loads_strict` returned it, whether its `sig` is `public`'s signature
     over its signing input (False for anything that cannot even be checked).
@@ -259,16 +293,22 @@ class ChainState:
     public: Ed25519PublicKey
     strictly_read: bool = False
 
-    def accept(self, entry: object, *, verified_by: Ed25519PublicKey | None = None) -> dict:
+    def accept(self, entry: object, *, verified_by: Ed25519PublicKey | None = None,
+               shaped: tuple[dict, bytes] | None = None) -> dict:  # fmt: skip
         """Check the next entry against this state; on success advance the state and return it.
 
         Checks shape, origin, seq (no gap), prev (the hash held), the key in force and the
         signature; a `key` entry, once verified with the old key, makes its new key current.
         `verified_by`: a key this very entry's signature was already verified with
         (`signatures_valid`); the check is skipped only if that is the key in force.
+        `shaped`: what `check_shape_encoded(entry, origin=self.origin, strictly_read=…)`
+        returned for this very entry, when the caller checked its shape already.
         """
-        entry, encoded = check_shape_encoded(entry, origin=self.origin,
-                                             strictly_read=self.strictly_read)  # fmt: skip
+        if shaped is not None and shaped[0] is entry:
+            entry, encoded = shaped
+        else:
+            entry, encoded = check_shape_encoded(entry, origin=self.origin,
+                                                 strictly_read=self.strictly_read)  # fmt: skip
         if entry["seq"] != self.seq + 1:
             raise EntryError(f"expected entry {self.seq + 1}, got {entry['seq']}")
         if entry["prev"] != self.hash:

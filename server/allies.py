@@ -36,12 +36,14 @@ import aiosqlite
 from federation import items as item_rules
 from federation import relay as relay_rules
 from federation import snapshot as snapshot_rules
+from federation.encoding import SIGNATURE_CHARS, b64url_decode
 from federation.entries import (
     ChainState,
     canonical,
     check_key_entry,
     check_shape_encoded,
     hash_bytes,
+    signing_input_cut,
     verify_signature,
 )  # fmt: skip
 from federation.errors import BaseUrlError, ProtocolError, ValidationError
@@ -801,7 +803,8 @@ class Allies:
                 continue
             before = (chain.seq, chain.hash, chain.key_id, chain.public)
             try:
-                entry = chain.accept(raw, verified_by=await ahead.valid_by(index))
+                entry = chain.accept(raw, verified_by=await ahead.valid_by(index),
+                                     shaped=ahead.shape(index))  # fmt: skip
                 if entry["type"] == "key":
                     await self._take_key(db, peer_id, entry, old_key=before[2])
             except ProtocolError as error:
@@ -827,11 +830,19 @@ class Allies:
         and skips only the signature check of an entry found valid under the key it finds in
         force: a key rotated meanwhile, or one in the batch, costs a second check, no more.
         With no checker ready (`Verifier.check`), ingest checks every signature itself."""
-        if len(entries) < VERIFY_AHEAD_MIN:
+        if len(entries) < VERIFY_AHEAD_MIN or not self.verifier.available():
             return _Ahead(None, [], 1)
         public = parse_public_key(key_in_force(keys, peer.received_seq + 1)[1])
-        tasks = self.verifier.check(entries, public, VERIFY_CHUNK)
-        return _Ahead(None, [], 1) if tasks is None else _Ahead(public, tasks, VERIFY_CHUNK)
+        ahead = _Ahead(public, [], VERIFY_CHUNK)
+        key = public.public_bytes_raw()
+        # Shape checked here, and each entry's signing input cut out of the bytes that check
+        # makes, a chunk at a time: the checkers start on the first chunk meanwhile. The
+        # chain checks take the shapes (`_Ahead.shape`) rather than making them again.
+        for start in range(0, len(entries), VERIFY_CHUNK):
+            pairs = [ahead.shape_and_cut(raw, peer.url)
+                     for raw in entries[start : start + VERIFY_CHUNK]]  # fmt: skip
+            ahead.tasks.append(self.verifier.submit(pairs, key))
+        return ahead
 
     async def _item_changes(self, db: aiosqlite.Connection, peer: Peer, entries: list,
                             now: str) -> "_ItemChanges":  # fmt: skip
@@ -883,7 +894,8 @@ class Allies:
                 current = basis.schedule[-1][1]
                 listed = page.get("entries") if isinstance(page, dict) else None
                 listed = listed if isinstance(listed, list) else []  # check_page says why
-                tasks = self.verifier.check(listed, current, VERIFY_CHUNK) or []
+                pairs = [_signed_pair(raw, peer.url)[1] for raw in listed]
+                tasks = self.verifier.check(pairs, current, VERIFY_CHUNK) or []
                 valid = [ok for part in await asyncio.gather(*tasks) if part is not None
                          for ok in part]  # fmt: skip
                 if len(valid) != len(listed):  # not checked ahead: check_page checks them all
@@ -1155,10 +1167,22 @@ def _page(page: object, origin: str) -> tuple[list, int]:
 
 
 class _Ahead:
-    """The signature checks of one batch running on the checker processes (`_verify_ahead`)."""
+    """The signature checks of one batch running on the checker processes (`_verify_ahead`),
+    and the entries' shapes, checked to cut their signing inputs out."""
 
     def __init__(self, public, tasks: list[asyncio.Future], size: int) -> None:
         self.public, self.tasks, self.size = public, tasks, size
+        self.shapes: list[tuple[dict, bytes] | None] = []
+
+    def shape_and_cut(self, raw: object, origin: str) -> tuple[bytes, bytes] | None:
+        """Check the next entry's shape and keep it; its (signing input, signature), or None
+        (`_signed_pair`)."""
+        shaped, pair = _signed_pair(raw, origin)
+        self.shapes.append(shaped)
+        return pair
+
+    def shape(self, index: int) -> tuple[dict, bytes] | None:
+        return self.shapes[index] if index < len(self.shapes) else None
 
     async def valid_by(self, index: int):
         """The key entry `index`'s signature verified with, or None (not checked, or not valid)."""
@@ -1171,6 +1195,20 @@ class _Ahead:
         """Checks not started are dropped (the batch stopped early, or the caller went away)."""
         for task in self.tasks:
             task.cancel()
+
+
+def _signed_pair(raw: object, origin: str) -> tuple[tuple[dict, bytes] | None,
+                                                   tuple[bytes, bytes] | None]:  # fmt: skip
+    """An entry's shape (`check_shape_encoded`) and its (signing input, signature) for the
+    checker processes; (None, None) if its shape is wrong (checked again, and said, where it
+    is taken)."""
+    try:
+        entry, encoded = check_shape_encoded(raw, origin=origin, strictly_read=True)
+        message = signing_input_cut(entry, encoded)
+        signature = b64url_decode(entry["sig"], SIGNATURE_CHARS, "sig")
+    except ProtocolError:
+        return None, None
+    return (entry, encoded), (None if message is None else (message, signature))
 
 
 def _overlap_fork(chain: ChainState, raw: dict) -> str | None:

@@ -292,6 +292,10 @@ def create_app(config: Config, *, clock: Clock = system_clock, workers: bool = T
                 "reading the peers' names", node.stopping)))  # fmt: skip
         elif workers:
             tasks = _workers(node)
+        if workers:
+            # A serving node checks allies' signatures on its checker processes from its first
+            # batch on (tests that drive ingest by hand have them start with their first batch).
+            node.allies.verifier.start()
         try:
             yield
         finally:

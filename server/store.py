@@ -35,6 +35,7 @@ MAX_BATCH = 64  # writes committed together at most, so a steady stream still co
 # writer checkpoints itself only once the log holds this many pages (SQLite's default is
 # 1,000), which under a steady stream of writes is what lets the log start over.
 CHECKPOINT_BACKSTOP = 4000
+NONCE_SWEEP_SECONDS = 60  # expired request nonces are deleted this often, at most
 
 log = logging.getLogger("aidnode.store")
 LOOK_UP = object()  # `write_item`: the stored version is not known to the caller
@@ -342,6 +343,7 @@ class Store:
         self._checkpointer: aiosqlite.Connection | None = None
         self._checkpointing: asyncio.Task | None = None
         self._checkpoint_again = False  # commits came while a checkpoint ran
+        self._nonces_swept_at = 0  # when expired request nonces were last deleted
         self._work_waiting = 0  # writers waiting for the lock with changes to make
         # Moves whenever a transaction begins or ends or a writer's savepoint is rolled back,
         # so a cache of what the transaction holds (the feed's head) knows when to drop it.
@@ -1174,11 +1176,20 @@ class Store:
         """`remember_nonce` inside the caller's write transaction, so that the request's
         nonce commits with what the request did, or not at all. The write connection sees
         what writers before it in the transaction recorded: of two requests with one nonce,
-        the second is refused even before the first commits."""
-        await db.execute("DELETE FROM seen_nonces WHERE seen_at <= ?", (now - window,))
+        the second is refused even before the first commits.
+
+        One statement: a nonce seen before but longer than `window` ago counts as new (its
+        row is renewed). Rows older than the window are swept away at most once every
+        NONCE_SWEEP_SECONDS, not by every request (a statement, and a trip to the writer's
+        thread, for each push)."""
+        if now - self._nonces_swept_at >= NONCE_SWEEP_SECONDS:
+            await db.execute("DELETE FROM seen_nonces WHERE seen_at <= ?", (now - window,))
+            self._nonces_swept_at = now
         cursor = await db.execute(
-            "INSERT OR IGNORE INTO seen_nonces (key_id, nonce, seen_at) VALUES (?, ?, ?)",
-            (key_id, nonce, now),
+            "INSERT INTO seen_nonces (key_id, nonce, seen_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (key_id, nonce) DO UPDATE SET seen_at = excluded.seen_at"
+            " WHERE seen_nonces.seen_at <= ?",
+            (key_id, nonce, now, now - window),
         )
         return cursor.rowcount == 1
 

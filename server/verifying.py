@@ -1,8 +1,10 @@
 """Signature checks on processes of their own, so that they use the machine's other cores.
 
-Ingest and snapshots check a batch's Ed25519 signatures ahead of the chain's other checks
-(`federation.entries.signatures_valid`), and `ChainState.accept` skips a check already made
-with the key it finds in force. On threads, those checks fought the event loop for the GIL:
+Ingest and snapshots check a batch's Ed25519 signatures ahead of the chain's other checks,
+and `ChainState.accept` skips a check already made with the key it finds in force. The node
+cuts each entry's signing input out of the canonical bytes it makes anyway, for the entry's
+hash (`federation.entries.signing_input_cut`), so a check is the Ed25519 check alone
+(`signed_pairs_valid`). On threads, those checks fought the event loop for the GIL:
 each signature needs the GIL before and after the native check, and a thread asking for it
 while the event loop runs Python waits up to the interpreter's switch interval (5 ms), so on
 two cores the checks ran at a fraction of their speed and slowed the loop besides. A child
@@ -13,16 +15,18 @@ time a batch is checked, in the background: until they are ready, and whenever t
 be used, `check` answers None and the caller checks signatures itself, as it would anyway.
 Nothing depends on a child for correctness: an answer only lets a check be skipped. A task
 is one frame on the child's standard input, a 4-byte length and a pickle of (public key
-bytes, entries as `loads_strict` read them); the answer is one frame of a byte per entry
+bytes, [(signing input, signature) or None, …]); the answer is one frame of a byte per pair
 (1: valid). Each child answers its tasks in order. A child that ends or answers out of turn
 is dropped (its tasks answer None) and replaced, at most once every RESTART_AFTER seconds.
-Children ignore SIGINT (a Ctrl-C in the terminal is the node's to handle), and end when
-their standard input closes: when the node closes the verifier, or dies.
+Children run niced (NICENESS), ignore SIGINT (a Ctrl-C in the terminal is the node's to
+handle), and end when their standard input closes: when the node closes the verifier, or
+dies.
 """
 
 import asyncio
 import collections
 import logging
+import os
 import pickle
 import signal
 import struct
@@ -32,7 +36,7 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from federation.entries import signatures_valid
+from federation.entries import signed_pairs_valid
 
 log = logging.getLogger("aidnode.verifying")
 
@@ -40,6 +44,11 @@ FRAME = struct.Struct(">I")
 RESTART_AFTER = 60.0  # seconds between attempts to start children, after one failed or ended
 STOP_WAIT = 5.0  # seconds a child is given to end once its input is closed
 KEYS_KEPT = 64  # public keys a child keeps parsed
+# Children run at a lower priority than the node: their checks are ahead of need, while the
+# node's event loop and its SQLite threads are what every request waits for. At the same
+# priority, a batch sent to the children held up the transaction it was sent ahead of (each
+# statement a trip to the writer's thread, which found both cores taken).
+NICENESS = 10
 
 
 class _Child:
@@ -51,8 +60,8 @@ class _Child:
         self.alive = True
         self.reader = asyncio.create_task(self._read_answers())
 
-    def send(self, public: bytes, entries: Sequence) -> asyncio.Future:
-        payload = pickle.dumps((public, list(entries)), protocol=pickle.HIGHEST_PROTOCOL)
+    def send(self, public: bytes, pairs: Sequence) -> asyncio.Future:
+        payload = pickle.dumps((public, list(pairs)), protocol=pickle.HIGHEST_PROTOCOL)
         answer = asyncio.get_running_loop().create_future()
         self.owed.append(answer)
         try:
@@ -126,11 +135,9 @@ class Verifier:
         """Children that take tasks now."""
         return sum(child.alive for child in self._children)
 
-    def check(self, entries: Sequence, public: Ed25519PublicKey,
-              chunk: int) -> list[asyncio.Future] | None:  # fmt: skip
-        """Futures of `entries`' signature checks by `public`, `chunk` entries each, in order,
-        each giving a list of bools or None (not checked); None at once when no child is
-        ready (children are started then, for the next batch)."""
+    def available(self) -> bool:
+        """Whether a child takes tasks now; children are started (for the next batch) when
+        fewer run than asked for."""
         for child in self._children:
             if not child.alive:
                 reaping = asyncio.ensure_future(child.stop())
@@ -139,14 +146,28 @@ class Verifier:
         self._children = [child for child in self._children if child.alive]
         if len(self._children) < self.processes:
             self._start_soon()
-        if not self._children:
+        return bool(self._children)
+
+    def submit(self, pairs: Sequence[tuple[bytes, bytes] | None], public: bytes) -> asyncio.Future:
+        """One task, on the child that owes fewest: the checks of these (signing input,
+        signature) pairs (None: nothing to check, answered False) by the raw public key
+        `public`. Its future gives a list of bools, or None (not checked). Only once
+        `available()` said so."""
+        child = min(self._children, key=lambda child: len(child.owed))
+        return child.send(public, pairs)
+
+    def check(self, pairs: Sequence[tuple[bytes, bytes] | None], public: Ed25519PublicKey,
+              chunk: int) -> list[asyncio.Future] | None:  # fmt: skip
+        """`submit` of `pairs`, `chunk` a task, in order; None at once when no child is ready."""
+        if not self.available():
             return None
         key = public.public_bytes_raw()
-        futures = []
-        for start in range(0, len(entries), chunk):
-            child = min(self._children, key=lambda child: len(child.owed))
-            futures.append(child.send(key, entries[start : start + chunk]))
-        return futures
+        return [self.submit(pairs[start : start + chunk], key)
+                for start in range(0, len(pairs), chunk)]  # fmt: skip
+
+    def start(self) -> None:
+        """Start the children now, in the background (`check` starts them otherwise)."""
+        self._start_soon(now=True)
 
     async def wait_ready(self) -> int:
         """Start the children now and wait until they are up; how many are (for tests)."""
@@ -205,19 +226,20 @@ def serve(source, sink) -> None:
         payload = source.read(size)
         if len(payload) < size:
             return
-        raw, entries = pickle.loads(payload)  # noqa: S301 (the parent's own frames, over a pipe)
+        raw, pairs = pickle.loads(payload)  # noqa: S301 (the parent's own frames, over a pipe)
         public = keys.get(raw)
         if public is None:
             if len(keys) >= KEYS_KEPT:
                 keys.clear()
             public = keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
-        answer = bytes(signatures_valid(entries, public))
+        answer = bytes(signed_pairs_valid(pairs, public))
         sink.write(FRAME.pack(len(answer)) + answer)
         sink.flush()
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICENESS)
     try:
         serve(sys.stdin.buffer, sys.stdout.buffer)
     except BrokenPipeError:  # the node is gone

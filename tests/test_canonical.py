@@ -10,11 +10,20 @@ import json
 
 import pytest
 import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from federation.entries import canonical_read
+from federation.entries import (
+    ENTRY_TYPES,
+    canonical_read,
+    check_shape_encoded,
+    sign_entry,
+    signing_input_cut,
+    signing_input_read,
+)
 from federation.errors import MalformedError
+from federation.keys import NodeKey
 from federation.strictjson import INT_LIMIT, MAX_DEPTH, _check, loads_strict
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -111,3 +120,33 @@ def test_integers_beyond_the_interoperable_range_are_refused(data):
 
 def test_integers_at_the_limits_are_read():
     assert loads_strict(f"[{INT_LIMIT}, {-INT_LIMIT}, 0, -0]") == [INT_LIMIT, -INT_LIMIT, 0, 0]
+
+
+# The signing input cut out of an entry's canonical bytes (`signing_input_cut`) is the one
+# canonicalizing the entry without `sig` gives, whatever its body holds: awkward text,
+# nested objects with a "sig" of their own (a relay carries a whole entry), even that same
+# signature again.
+ENTRY_KEY = NodeKey("main", Ed25519PrivateKey.generate())
+
+
+@SETTINGS
+@given(body=st.dictionaries(text, values, max_size=6), kind=st.sampled_from(ENTRY_TYPES),
+       nested_sig=st.booleans())  # fmt: skip
+def test_the_signing_input_cut_out_is_the_one_encoded(body, kind, nested_sig):
+    entry = sign_entry(origin="https://a.example", seq=3, prev="sha256:" + "A" * 43, type=kind,
+                       at="2026-11-24T18:00:00Z", body=body, key=ENTRY_KEY)  # fmt: skip
+    if nested_sig:  # the same signature, also deep in the body (it then signs nothing)
+        entry = {**entry, "body": {**body, "entry": {"sig": entry["sig"], "type": kind, "v": 1}}}
+    read = loads_strict(json.dumps(entry))
+    shaped, encoded = check_shape_encoded(read, strictly_read=True)
+    assert signing_input_cut(shaped, encoded) == signing_input_read(read)
+
+
+def test_bytes_that_are_not_the_entrys_give_no_signing_input():
+    entry = sign_entry(origin="https://a.example", seq=1, prev=None, type="item",
+                       at="2026-11-24T18:00:00Z", body={"n": 1}, key=ENTRY_KEY)  # fmt: skip
+    encoded = canonical_read(entry)
+    assert signing_input_cut(entry, encoded) == signing_input_read(entry)
+    assert signing_input_cut({**entry, "type": "key"}, encoded) is None
+    assert signing_input_cut({**entry, "sig": entry["sig"][::-1]}, encoded) is None
+    assert signing_input_cut(entry, encoded[:-1] + b" }") is None

@@ -6,7 +6,13 @@ import sqlite3
 
 import pytest
 
-from server.store import CHECKPOINT_BACKSTOP, ROWS_A_STATEMENT, ItemQuery, Store
+from server.store import (
+    CHECKPOINT_BACKSTOP,
+    NONCE_SWEEP_SECONDS,
+    ROWS_A_STATEMENT,
+    ItemQuery,
+    Store,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -122,3 +128,21 @@ async def test_a_failed_checkpoint_is_logged_and_writing_goes_on(store, monkeypa
     async with store.write() as db:
         await store.write_remote_items(db, [remote(2)])
     assert (await store.fetch_one("SELECT count(*) FROM items"))[0] == 2
+
+
+async def test_a_nonce_is_taken_once_within_its_window_and_swept_after(store):
+    """`remember_nonce` in one statement: refused while the window holds it, taken again
+    once it has passed; rows past the window are deleted at most once a sweep interval."""
+    window = 300
+    assert await store.remember_nonce("k#1", "abc", 1000, window)
+    assert not await store.remember_nonce("k#1", "abc", 1000 + window - 1, window)
+    assert await store.remember_nonce("k#2", "abc", 1001, window)  # another key's nonce
+    assert await store.remember_nonce("k#1", "abc", 1000 + window, window)  # the window passed
+    assert not await store.remember_nonce("k#1", "abc", 1000 + window + 5, window)
+    # Within the sweep interval nothing is deleted; after it, what the window let go is.
+    assert await store.remember_nonce("k#3", "old", 1002, window)
+    assert (await store.fetch_one("SELECT count(*) FROM seen_nonces"))[0] == 3
+    later = 1000 + NONCE_SWEEP_SECONDS + 2 * window
+    assert await store.remember_nonce("k#4", "new", later, window)
+    rows = await store.fetch_all("SELECT key_id FROM seen_nonces ORDER BY key_id")
+    assert [row[0] for row in rows] == ["k#4"]

@@ -15,22 +15,24 @@ from federation.entries import signatures_valid
 from federation.keys import generate_key
 from federation.strictjson import loads_strict
 from server import verifying
+from server.allies import _signed_pair
 from server.verifying import FRAME, Verifier, serve
-from tests.test_ingest import WestFeed, item
+from tests.test_ingest import WEST, WestFeed, item
 
 pytestmark = pytest.mark.anyio
 
 
-def batch(count: int) -> tuple[WestFeed, list[dict]]:
+def batch(count: int) -> tuple[WestFeed, list[dict], list]:
     """West's first `count` entries as a reader has them (strictly read), one of them forged
-    (entry 4 carries entry 3's signature) and one not an entry at all."""
+    (entry 4 carries entry 3's signature) and one not an entry at all; and, for each, the
+    (signing input, signature) the checkers are sent, as ingest cuts them out."""
     feed = WestFeed()
     for n in range(1, count + 1):
         feed.append(item(n))
     entries = [loads_strict(json.dumps(entry)) for entry in feed.entries]
     entries[3] = {**entries[3], "sig": entries[2]["sig"]}
     entries[5] = {"seq": 6, "sig": 12}
-    return feed, entries
+    return feed, entries, [_signed_pair(entry, WEST)[1] for entry in entries]
 
 
 @pytest.fixture
@@ -45,30 +47,30 @@ async def answers(futures) -> list:
 
 
 async def test_the_children_answer_what_the_node_would_find(verifier):
-    feed, entries = batch(23)
+    feed, entries, pairs = batch(23)
     # Asked before any child is up: no answer (the node checks itself), and children start.
-    assert verifier.check(entries, feed.key.public, 5) is None
+    assert verifier.check(pairs, feed.key.public, 5) is None
     assert await verifier.wait_ready() == 2
-    futures = verifier.check(entries, feed.key.public, 5)
+    futures = verifier.check(pairs, feed.key.public, 5)
     assert len(futures) == 5  # 23 entries, 5 a task
     found = await answers(futures)
     assert found == signatures_valid(entries, feed.key.public)
     assert found.count(False) == 2 and not found[3] and not found[5]
     # With another key, nothing is valid.
-    assert await answers(verifier.check(entries, generate_key("other").public, 10)) == [False] * 23
+    assert await answers(verifier.check(pairs, generate_key("other").public, 10)) == [False] * 23
 
 
 async def test_no_processes_means_no_answers_and_nothing_started():
     checker = Verifier(0)
-    feed, entries = batch(8)
-    assert checker.check(entries, feed.key.public, 4) is None
+    feed, entries, pairs = batch(8)
+    assert checker.check(pairs, feed.key.public, 4) is None
     assert await checker.wait_ready() == 0
-    assert checker.check(entries, feed.key.public, 4) is None
+    assert checker.check(pairs, feed.key.public, 4) is None
     await checker.close()
 
 
 async def test_a_killed_child_answers_none_and_is_replaced(verifier, monkeypatch, caplog):
-    feed, entries = batch(10)
+    feed, entries, pairs = batch(10)
     assert await verifier.wait_ready() == 2
     first = verifier._children[0].process
     # One child dies; what it owed comes back unanswered, and is checked by the node instead.
@@ -81,27 +83,27 @@ async def test_a_killed_child_answers_none_and_is_replaced(verifier, monkeypatch
     assert verifier.ready == 1
     assert "a signature checker process" in caplog.text and "stopped" in caplog.text
     # The other still answers; a new one is not started before RESTART_AFTER has passed.
-    assert await answers(verifier.check(entries, feed.key.public, 10)) == signatures_valid(
+    assert await answers(verifier.check(pairs, feed.key.public, 10)) == signatures_valid(
         entries, feed.key.public)
     assert verifier._starting is None and verifier.ready == 1
     monkeypatch.setattr(verifier, "_next_start", 0.0)
-    verifier.check(entries, feed.key.public, 10)
+    verifier.check(pairs, feed.key.public, 10)
     assert await verifier.wait_ready() == 2
     assert first.pid not in [child.process.pid for child in verifier._children]
 
 
 async def test_a_task_owed_by_a_dying_child_answers_none(verifier):
-    feed, entries = batch(10)
+    feed, entries, pairs = batch(10)
     assert await verifier.wait_ready() == 2
     for child in verifier._children:
         os.kill(child.process.pid, signal.SIGSTOP)  # neither answers while stopped
-    futures = verifier.check(entries, feed.key.public, 5)
+    futures = verifier.check(pairs, feed.key.public, 5)
     for child in verifier._children:
         child.process.kill()
         os.kill(child.process.pid, signal.SIGCONT)
     assert await asyncio.gather(*futures) == [None, None]
     assert verifier.ready == 0
-    assert verifier.check(entries, feed.key.public, 5) is None
+    assert verifier.check(pairs, feed.key.public, 5) is None
 
 
 async def test_close_ends_the_children(verifier):
@@ -109,8 +111,8 @@ async def test_close_ends_the_children(verifier):
     processes = [child.process for child in verifier._children]
     await verifier.close()
     assert [process.returncode for process in processes] == [0, 0]
-    feed, entries = batch(8)
-    assert verifier.check(entries, feed.key.public, 4) is None
+    feed, entries, pairs = batch(8)
+    assert verifier.check(pairs, feed.key.public, 4) is None
     assert await verifier.wait_ready() == 0
 
 
@@ -123,16 +125,16 @@ async def test_a_child_that_cannot_start_is_logged_and_the_node_checks_itself(mo
     with caplog.at_level(logging.WARNING, logger="aidnode.verifying"):
         assert await checker.wait_ready() == 0
     assert "could not start a signature checker process: no more processes" in caplog.text
-    feed, entries = batch(8)
-    assert checker.check(entries, feed.key.public, 4) is None
+    feed, entries, pairs = batch(8)
+    assert checker.check(pairs, feed.key.public, 4) is None
     await checker.close()
 
 
 def test_the_child_answers_frames_in_order_and_ends_with_its_input():
     """`serve`, the child's loop, over byte streams: a frame of bytes per task, in order."""
-    feed, entries = batch(12)
+    feed, entries, pairs = batch(12)
     other = generate_key("other")
-    tasks = [(feed.key.public, entries[:7]), (other.public, entries[7:]), (feed.key.public, [])]
+    tasks = [(feed.key.public, pairs[:7]), (other.public, pairs[7:]), (feed.key.public, [])]
     source = io.BytesIO()
     for public, part in tasks:
         payload = pickle.dumps((public.public_bytes_raw(), part))
