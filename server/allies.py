@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import random
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -753,29 +754,34 @@ class Allies:
                       nonce: "PendingNonce | None") -> tuple[int, str | None, tuple | None]:  # fmt: skip
         nonce = await self._learn_relay_origins(entries, nonce)
         now = self.node.now_text()
+        ids, origins = _batch_ids(entries)
         async with self.store.write() as db:
-            if nonce is not None:
-                await nonce.remember_in(self.store, db)
-            peer = await self.store.peer_in(db, peer_id)
+            # The transaction's reads, and the nonce's write, sent together: the writer's
+            # thread runs them one after another, with no trip back to the event loop between.
+            _, peer, keys, (versions, relayed_copies), relays, origin_keys = await _together(
+                nonce.remember_in(self.store, db) if nonce is not None else _nothing(),
+                self.store.peer_in(db, peer_id), self.store.peer_keys_in(db, peer_id),
+                self.store.item_versions_in(db, ids), self.store.relays_in(db, ids),
+                self.store.origin_keys_in(db, origins),
+            )  # fmt: skip
             if peer is None or not (peer.trust == "trusted" and not peer.forked):
                 return 0, "not reading this node's feed", None
-            keys = await self.store.peer_keys_in(db, peer_id)
             key_id, public = key_in_force(keys, peer.received_seq + 1)
             # Entries reach here from pages and pushes read by `loads_strict`.
             chain = ChainState(peer.url, peer.received_seq, peer.received_hash, key_id,
                                parse_public_key(public), strictly_read=True)  # fmt: skip
-            changes = await self._item_changes(db, peer, entries, now)
+            changes = _ItemChanges(self, peer, now, versions=versions, relays=relays,
+                                   relayed_copies=relayed_copies, origins=origin_keys)  # fmt: skip
             try:
                 accepted, problem = await self._accept_all(db, peer_id, entries, chain, ahead,
                                                            changes)  # fmt: skip
             finally:
                 await changes.written()
-            relayed = await changes.write(db)
-            await self.store.update_peer(
+            relayed, _ = await _together(changes.write(db), self.store.update_peer(
                 db, peer_id, received_seq=chain.seq, received_hash=chain.hash,
                 head_seq=max(head_seq, chain.seq, peer.head_seq),
                 **self._read_health(peer, problem, answered=True),
-            )  # fmt: skip
+            ))  # fmt: skip
         self.node.metrics.took_in(accepted=accepted, refused=len(changes.refused),
                                   invalid=int(problem is not None))  # counted once committed
         if relayed:
@@ -1195,6 +1201,20 @@ class _Ahead:
         """Checks not started are dropped (the batch stopped early, or the caller went away)."""
         for task in self.tasks:
             task.cancel()
+
+
+async def _together(*steps: Awaitable) -> list:
+    """Run these at once (statements on one connection then go to its thread together, in
+    order) and give their results; raise the first exception, once every one has ended."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _signed_pair(raw: object, origin: str) -> tuple[tuple[dict, bytes] | None,
