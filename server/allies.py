@@ -81,6 +81,9 @@ WRITE_AHEAD = 20  # accepted entries whose items are written while the batch's r
 # (server/verifying.py), for batches of at least VERIFY_AHEAD_MIN entries.
 VERIFY_AHEAD_MIN = 8
 VERIFY_CHUNK = 10  # entries a checker task checks
+# Seconds a batch waits for a checker's answer; then its remaining signatures are checked here
+# (a checker hung or starved of CPU by a busy node costs speed, never progress).
+ANSWER_WAIT = 2.0
 PUSH_LAG_MAX = 1000  # a follower further behind than this catches up by pulling pages
 # While entries keep coming, pushes start about this many times a second in all, at most: each
 # of n followers is then pushed to every n / 50 s (1 s for 50), in batches (`Allies._push`).
@@ -1191,10 +1194,21 @@ class _Ahead:
         return self.shapes[index] if index < len(self.shapes) else None
 
     async def valid_by(self, index: int):
-        """The key entry `index`'s signature verified with, or None (not checked, or not valid)."""
+        """The key entry `index`'s signature verified with, or None (not checked, or not
+        valid). Once an answer has been waited for ANSWER_WAIT seconds, None for the rest of
+        the batch."""
         if self.public is None:
             return None
-        results = await self.tasks[index // self.size]
+        task = self.tasks[index // self.size]
+        if not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), ANSWER_WAIT)
+            except TimeoutError:
+                log.warning("a signature checker did not answer within %g s: the batch's "
+                            "signatures are checked here", ANSWER_WAIT)  # fmt: skip
+                self.public = None
+                return None
+        results = task.result()
         return self.public if results is not None and results[index % self.size] else None
 
     def cancel(self) -> None:

@@ -17,7 +17,8 @@ Nothing depends on a child for correctness: an answer only lets a check be skipp
 is one frame on the child's standard input, a 4-byte length and a pickle of (public key
 bytes, [(signing input, signature) or None, …]); the answer is one frame of a byte per pair
 (1: valid). Each child answers its tasks in order. A child that ends or answers out of turn
-is dropped (its tasks answer None) and replaced, at most once every RESTART_AFTER seconds.
+is dropped (its tasks answer None) and replaced, at most once every RESTART_AFTER seconds;
+so is one that owes an answer for STALL_AFTER seconds (hung, or starved of CPU).
 Children run niced (NICENESS), ignore SIGINT (a Ctrl-C in the terminal is the node's to
 handle), and end when their standard input closes: when the node closes the verifier, or
 dies.
@@ -49,6 +50,9 @@ KEYS_KEPT = 64  # public keys a child keeps parsed
 # priority, a batch sent to the children held up the transaction it was sent ahead of (each
 # statement a trip to the writer's thread, which found both cores taken).
 NICENESS = 10
+# A child that owes an answer for this long is taken for hung: killed, and replaced. (Callers
+# wait far less for any one answer, `Allies` ANSWER_WAIT, then check signatures themselves.)
+STALL_AFTER = 10.0
 
 
 class _Child:
@@ -57,6 +61,7 @@ class _Child:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.owed: collections.deque[asyncio.Future] = collections.deque()
+        self.sent_at: collections.deque[float] = collections.deque()  # monotonic, per owed
         self.alive = True
         self.reader = asyncio.create_task(self._read_answers())
 
@@ -64,6 +69,7 @@ class _Child:
         payload = pickle.dumps((public, list(pairs)), protocol=pickle.HIGHEST_PROTOCOL)
         answer = asyncio.get_running_loop().create_future()
         self.owed.append(answer)
+        self.sent_at.append(time.monotonic())
         try:
             self.process.stdin.write(FRAME.pack(len(payload)) + payload)
         except (ConnectionError, RuntimeError) as error:  # the pipe closed under us
@@ -80,6 +86,7 @@ class _Child:
                     reason = "it answered a task it was not given"
                     return
                 owed = self.owed.popleft()
+                self.sent_at.popleft()
                 if not owed.done():  # a task whose caller stopped waiting is still answered
                     owed.set_result([byte == 1 for byte in answer])
         except asyncio.IncompleteReadError:
@@ -89,6 +96,15 @@ class _Child:
         finally:
             self._end(reason)
 
+    def stalled(self, now: float) -> bool:
+        return bool(self.sent_at) and now - self.sent_at[0] > STALL_AFTER
+
+    def kill(self, reason: str) -> None:
+        """End a child that no longer answers (it is reaped with the others)."""
+        if self.process.returncode is None:
+            self.process.kill()
+        self._end(reason)
+
     def _end(self, reason: str) -> None:
         if self.alive:
             self.alive = False
@@ -96,6 +112,10 @@ class _Child:
                 self.process.stdin.close()
             log.warning("a signature checker process (pid %s) stopped: %s; signatures are "
                         "checked in the node meanwhile", self.process.pid, reason)  # fmt: skip
+        self._unanswered()
+
+    def _unanswered(self) -> None:
+        self.sent_at.clear()
         while self.owed:
             owed = self.owed.popleft()
             if not owed.done():
@@ -113,10 +133,7 @@ class _Child:
             await self.process.wait()
         self.reader.cancel()
         await asyncio.gather(self.reader, return_exceptions=True)
-        while self.owed:
-            owed = self.owed.popleft()
-            if not owed.done():
-                owed.set_result(None)
+        self._unanswered()
 
 
 class Verifier:
@@ -137,8 +154,12 @@ class Verifier:
 
     def available(self) -> bool:
         """Whether a child takes tasks now; children are started (for the next batch) when
-        fewer run than asked for."""
+        fewer run than asked for, and one that has owed an answer for STALL_AFTER seconds is
+        killed first."""
+        now = time.monotonic()
         for child in self._children:
+            if child.alive and child.stalled(now):
+                child.kill(f"it answered nothing for {STALL_AFTER:g} s")
             if not child.alive:
                 reaping = asyncio.ensure_future(child.stop())
                 self._reaping.add(reaping)

@@ -1,13 +1,17 @@
 """Ingest of a peer's entries, in-process: chain validity decides acceptance and the cursor,
 content validity decides what is applied and shown; forks stop ingest; all idempotent."""
 
+import asyncio
 import itertools
+import os
+import signal
 
 import pytest
 
 from federation import entries as entries_module
 from federation.entries import entry_hash, key_entry_body, sign_entry
 from federation.keys import generate_key, public_key_text
+from server import allies as allies_module
 
 pytestmark = pytest.mark.anyio
 
@@ -385,6 +389,31 @@ async def test_a_batch_checked_ahead_still_stops_at_the_first_bad_signature(harn
     assert peer.received_seq == 14
     # The checkers found the first 14 valid; only the forged one was checked again here.
     assert inline == [15]
+
+
+async def test_a_batch_whose_checkers_do_not_answer_is_checked_here(harness, monkeypatch, caplog):
+    """A checker process hung (or starved of CPU) holds a batch up for ANSWER_WAIT at most;
+    then the node checks the batch's signatures itself, the forged one included."""
+    assert await harness.node.allies.verifier.wait_ready() == 2
+    for child in harness.node.allies.verifier._children:
+        os.kill(child.process.pid, signal.SIGSTOP)
+    monkeypatch.setattr(allies_module, "ANSWER_WAIT", 0.2)
+    inline = counted_inline_checks(monkeypatch)
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    for n in range(1, 21):
+        feed.append(item(n))
+    forged = {**feed.entries[14], "sig": feed.entries[13]["sig"]}
+    entries = [*feed.entries[:14], forged, *feed.entries[15:]]
+    try:
+        accepted, problem = await asyncio.wait_for(
+            harness.node.allies.ingest(peer_id, entries, head_seq=20), 5)
+    finally:
+        for child in harness.node.allies.verifier._children:
+            os.kill(child.process.pid, signal.SIGCONT)
+    assert accepted == 14 and "signature does not verify" in problem
+    assert inline == list(range(1, 16))  # every signature up to the forged one, here
+    assert "did not answer within" in caplog.text
 
 
 async def test_a_rotation_inside_a_batch_checked_ahead_is_followed(harness, monkeypatch):

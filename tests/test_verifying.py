@@ -149,3 +149,20 @@ def test_the_child_answers_frames_in_order_and_ends_with_its_input():
         answered.append(list(sink.read(FRAME.unpack(header)[0])))
     expected = signatures_valid(entries[:7], feed.key.public)
     assert answered == [[int(ok) for ok in expected], [0] * 5, []]
+
+
+async def test_a_hung_child_is_killed_and_replaced(verifier, monkeypatch, caplog):
+    feed, entries, pairs = batch(10)
+    assert await verifier.wait_ready() == 2
+    hung = verifier._children[0].process
+    os.kill(hung.pid, signal.SIGSTOP)  # alive, but answers nothing
+    monkeypatch.setattr(verifying, "STALL_AFTER", 0.2)
+    owed = verifier._children[0].send(feed.key.public.public_bytes_raw(), pairs)
+    await asyncio.sleep(0.3)
+    monkeypatch.setattr(verifier, "_next_start", 0.0)
+    assert verifier.available()  # the other answers; the hung one is killed on the way
+    assert await owed is None
+    assert await hung.wait() == -signal.SIGKILL
+    assert "answered nothing for 0.2 s" in caplog.text
+    assert await verifier.wait_ready() == 2
+    assert hung.pid not in [child.process.pid for child in verifier._children]
