@@ -143,7 +143,9 @@ class Allies:
         self._missed: set[int] = set()  # of those, peers a round skipped: another round is due
         self._push_tasks: set[asyncio.Task] = set()
         self._followers = 0  # that we deliver to, as the last round counted them
-        self.verifier = Verifier(node.config.verify_processes)
+        # The node's checkers, shared out among its worker processes (at least one each).
+        config = node.config
+        self.verifier = Verifier(-(-config.verify_processes // config.workers))
 
     async def close(self) -> None:
         await self.outbound.aclose()

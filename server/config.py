@@ -47,7 +47,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", int, 1, "Processes `serve` answers requests with: on a busy node, one per "
             "core. Background work runs in one of them.", minimum=1),
     Setting("verify_processes", int, 2, "Processes that check the signatures of allies' entries "
-            "beside each of those (0: checked in it, on one core).", minimum=0),
+            "beside the node, shared among its worker processes (0: none, checked in the node).",
+            minimum=0),
     Setting("poll_interval", int, 60, "Seconds between pulls of each followed feed.", minimum=5),
     Setting("escalate_after", int, 86400, "Seconds before an unmet need asks allies.", minimum=1),
     Setting(

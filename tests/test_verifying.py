@@ -166,3 +166,9 @@ async def test_a_hung_child_is_killed_and_replaced(verifier, monkeypatch, caplog
     assert "answered nothing for 0.2 s" in caplog.text
     assert await verifier.wait_ready() == 2
     assert hung.pid not in [child.process.pid for child in verifier._children]
+
+
+@pytest.mark.parametrize(("workers", "asked", "each"), [(1, 2, 2), (2, 2, 1), (4, 2, 1), (2, 3, 2), (2, 0, 0)])
+async def test_the_checkers_are_shared_out_among_worker_processes(harness_factory, workers, asked, each):
+    async with harness_factory(workers=workers, verify_processes=asked) as harness:
+        assert harness.node.allies.verifier.processes == each
