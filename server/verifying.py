@@ -19,9 +19,9 @@ bytes, [(signing input, signature) or None, …]); the answer is one frame of a 
 (1: valid). Each child answers its tasks in order. A child that ends or answers out of turn
 is dropped (its tasks answer None) and replaced, at most once every RESTART_AFTER seconds;
 so is one that owes an answer for STALL_AFTER seconds (hung, or starved of CPU).
-Children run niced (NICENESS), ignore SIGINT (a Ctrl-C in the terminal is the node's to
-handle), and end when their standard input closes: when the node closes the verifier, or
-dies.
+Children run niced (NICENESS), ignore SIGINT and SIGTERM (a Ctrl-C in the terminal, or a
+signal to the node's process group, is the node's to act on), and end when their standard
+input closes: when the node closes the verifier, or dies.
 """
 
 import asyncio
@@ -259,7 +259,10 @@ def serve(source, sink) -> None:
 
 
 if __name__ == "__main__":
+    # A Ctrl-C in the terminal, or a SIGTERM to the node's process group, is the node's to
+    # act on: it closes our input as it stops, and then we end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(NICENESS)
     try:
         serve(sys.stdin.buffer, sys.stdout.buffer)

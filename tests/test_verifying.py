@@ -172,3 +172,17 @@ async def test_a_hung_child_is_killed_and_replaced(verifier, monkeypatch, caplog
 async def test_the_checkers_are_shared_out_among_worker_processes(harness_factory, workers, asked, each):
     async with harness_factory(workers=workers, verify_processes=asked) as harness:
         assert harness.node.allies.verifier.processes == each
+
+
+async def test_children_leave_ctrl_c_and_sigterm_to_the_node(verifier):
+    """A signal to the node's whole process group (Ctrl-C in a terminal) does not take its
+    checkers down under it: they end when the node closes their input."""
+    feed, entries, pairs = batch(10)
+    assert await verifier.wait_ready() == 2
+    for child in verifier._children:
+        os.kill(child.process.pid, signal.SIGINT)
+        os.kill(child.process.pid, signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    assert verifier.ready == 2
+    assert await answers(verifier.check(pairs, feed.key.public, 5)) == signatures_valid(
+        entries, feed.key.public)
