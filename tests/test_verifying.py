@@ -179,6 +179,9 @@ async def test_children_leave_ctrl_c_and_sigterm_to_the_node(verifier):
     checkers down under it: they end when the node closes their input."""
     feed, entries, pairs = batch(10)
     assert await verifier.wait_ready() == 2
+    # Both answer once first: they are past starting up, with their handlers set.
+    assert await answers(verifier.check(pairs, feed.key.public, 5)) == signatures_valid(
+        entries, feed.key.public)
     for child in verifier._children:
         os.kill(child.process.pid, signal.SIGINT)
         os.kill(child.process.pid, signal.SIGTERM)
