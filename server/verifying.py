@@ -10,9 +10,10 @@ while the event loop runs Python waits up to the interpreter's switch interval (
 two cores the checks ran at a fraction of their speed and slowed the loop besides. A child
 process has a GIL of its own.
 
-Each `Verifier` starts `processes` children (the `verify_processes` setting) (`python -m server.verifying`) the first
-time a batch is checked, in the background: until they are ready, and whenever they cannot
-be used, `check` answers None and the caller checks signatures itself, as it would anyway.
+A `Verifier` runs `processes` children (`python -m server.verifying`; the `verify_processes`
+setting shared out among worker processes), started in the background when a node serves, or
+else by its first batch. Until they are ready, and whenever they cannot be used, `check`
+answers None (`available` False) and the caller checks signatures itself, as it would anyway.
 Nothing depends on a child for correctness: an answer only lets a check be skipped. A task
 is one frame on the child's standard input, a 4-byte length and a pickle of (public key
 bytes, [(signing input, signature) or None, …]); the answer is one frame of a byte per pair
