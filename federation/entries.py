@@ -196,25 +196,6 @@ def verify_signature(entry: dict, public: Ed25519PublicKey, *, strictly_read: bo
         raise EntryError(f"entry {entry.get('seq')}: the signature does not verify") from None
 
 
-def signed_pairs_valid(pairs: Iterable[tuple[bytes, bytes] | None],
-                       public: Ed25519PublicKey) -> list[bool]:  # fmt: skip
-    """For each (signing input, signature) pair, whether the signature is `public`'s over it
-    (False for None: nothing to check). What a signature checker process does with the pairs
-    ingest cuts out (`signing_input_cut`): no JSON work, only the Ed25519 checks."""
-    valid = []
-    for pair in pairs:
-        if pair is None:
-            valid.append(False)
-            continue
-        try:
-            public.verify(pair[1], pair[0])
-        except (InvalidSignature, TypeError, ValueError):
-            valid.append(False)
-        else:
-            valid.append(True)
-    return valid
-
-
 def signatures_valid(entries: list, public: Ed25519PublicKey) -> list[bool]:
     """For each entry as `loads_strict` returned it, whether its `sig` is `public`'s signature
     over its signing input (False for anything that cannot even be checked).

@@ -4,13 +4,13 @@ Ingest and snapshots check a batch's Ed25519 signatures ahead of the chain's oth
 and `ChainState.accept` skips a check already made with the key it finds in force. The node
 cuts each entry's signing input out of the canonical bytes it makes anyway, for the entry's
 hash (`federation.entries.signing_input_cut`), so a check is the Ed25519 check alone
-(`signed_pairs_valid`). On threads, those checks fought the event loop for the GIL:
+(`server/checker.py`, the children's side). On threads, those checks fought the event loop for the GIL:
 each signature needs the GIL before and after the native check, and a thread asking for it
 while the event loop runs Python waits up to the interpreter's switch interval (5 ms), so on
 two cores the checks ran at a fraction of their speed and slowed the loop besides. A child
 process has a GIL of its own.
 
-A `Verifier` runs `processes` children (`python -m server.verifying`; the `verify_processes`
+A `Verifier` runs `processes` children (`python -m server.checker`; the `verify_processes`
 setting shared out among worker processes), started in the background when a node serves, or
 else by its first batch. Until they are ready, and whenever they cannot be used, `check`
 answers None (`available` False) and the caller checks signatures itself, as it would anyway.
@@ -20,7 +20,7 @@ bytes, [(signing input, signature) or None, …]); the answer is one frame of a 
 (1: valid). Each child answers its tasks in order. A child that ends or answers out of turn
 is dropped (its tasks answer None) and replaced, at most once every RESTART_AFTER seconds;
 so is one that owes an answer for STALL_AFTER seconds (hung, or starved of CPU).
-Children run niced (NICENESS), ignore SIGINT and SIGTERM (a Ctrl-C in the terminal, or a
+Children run niced, ignore SIGINT and SIGTERM (a Ctrl-C in the terminal, or a
 signal to the node's process group, is the node's to act on), and end when their standard
 input closes: when the node closes the verifier, or dies.
 """
@@ -28,29 +28,19 @@ input closes: when the node closes the verifier, or dies.
 import asyncio
 import collections
 import logging
-import os
 import pickle
-import signal
-import struct
 import sys
 import time
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from federation.entries import signed_pairs_valid
+from .checker import FRAME
 
 log = logging.getLogger("aidnode.verifying")
 
-FRAME = struct.Struct(">I")
 RESTART_AFTER = 60.0  # seconds between attempts to start children, after one failed or ended
 STOP_WAIT = 5.0  # seconds a child is given to end once its input is closed
-KEYS_KEPT = 64  # public keys a child keeps parsed
-# Children run at a lower priority than the node: their checks are ahead of need, while the
-# node's event loop and its SQLite threads are what every request waits for. At the same
-# priority, a batch sent to the children held up the transaction it was sent ahead of (each
-# statement a trip to the writer's thread, which found both cores taken).
-NICENESS = 10
 # A child that owes an answer for this long is taken for hung: killed, and replaced. (Callers
 # wait far less for any one answer, `Allies` ANSWER_WAIT, then check signatures themselves.)
 STALL_AFTER = 10.0
@@ -210,7 +200,7 @@ class Verifier:
             while len(self._children) < self.processes and not self._closed:
                 try:
                     process = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "server.verifying",
+                        sys.executable, "-m", "server.checker",
                         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                     )  # fmt: skip
                 except OSError as error:
@@ -232,40 +222,3 @@ class Verifier:
             await asyncio.gather(self._starting, return_exceptions=True)
         children, self._children = self._children, []
         await asyncio.gather(*(child.stop() for child in children), *self._reaping)
-
-
-# ---------------------------------------------------------------------------- the child
-
-
-def serve(source, sink) -> None:
-    """Answer tasks from `source` on `sink` until `source` ends (see the module docstring)."""
-    keys: dict[bytes, Ed25519PublicKey] = {}
-    while True:
-        header = source.read(FRAME.size)
-        if len(header) < FRAME.size:
-            return
-        (size,) = FRAME.unpack(header)
-        payload = source.read(size)
-        if len(payload) < size:
-            return
-        raw, pairs = pickle.loads(payload)  # noqa: S301 (the parent's own frames, over a pipe)
-        public = keys.get(raw)
-        if public is None:
-            if len(keys) >= KEYS_KEPT:
-                keys.clear()
-            public = keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
-        answer = bytes(signed_pairs_valid(pairs, public))
-        sink.write(FRAME.pack(len(answer)) + answer)
-        sink.flush()
-
-
-if __name__ == "__main__":
-    # A Ctrl-C in the terminal, or a SIGTERM to the node's process group, is the node's to
-    # act on: it closes our input as it stops, and then we end.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(NICENESS)
-    try:
-        serve(sys.stdin.buffer, sys.stdout.buffer)
-    except BrokenPipeError:  # the node is gone
-        pass

@@ -16,7 +16,8 @@ from federation.keys import generate_key
 from federation.strictjson import loads_strict
 from server import verifying
 from server.allies import _signed_pair
-from server.verifying import FRAME, Verifier, serve
+from server.checker import FRAME, serve
+from server.verifying import Verifier
 from tests.test_ingest import WEST, WestFeed, item
 
 pytestmark = pytest.mark.anyio
