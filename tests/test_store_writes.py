@@ -146,3 +146,15 @@ async def test_a_nonce_is_taken_once_within_its_window_and_swept_after(store):
     assert await store.remember_nonce("k#4", "new", later, window)
     rows = await store.fetch_all("SELECT key_id FROM seen_nonces ORDER BY key_id")
     assert [row[0] for row in rows] == ["k#4"]
+
+
+async def test_items_by_owner_leaves_out_items_with_no_owner(store):
+    """Migration 0013: an ally's item (no owner) costs no entry in the owner index, which
+    queries by owner still use."""
+    async with store.write() as db:
+        await store.write_remote_items(db, [remote(n) for n in range(3)])
+    (sql,) = await store.fetch_one("SELECT sql FROM sqlite_master WHERE name = 'items_by_owner'")
+    assert sql.endswith("WHERE owner_id IS NOT NULL")
+    plan = await store.fetch_all("EXPLAIN QUERY PLAN SELECT row FROM items WHERE owner_id = ?"
+                                 " ORDER BY created DESC", (1,))  # fmt: skip
+    assert "items_by_owner" in " ".join(row[3] for row in plan)
