@@ -370,19 +370,24 @@ def counted_inline_checks(monkeypatch) -> list[int]:
     return checked
 
 
+async def west_with_a_forged_fifteenth(harness) -> tuple[int, list[dict]]:
+    """West as a peer, and its first 20 entries with entry 15 keeping its place in the chain
+    but carrying entry 14's signature."""
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    for n in range(1, 21):
+        feed.append(item(n))
+    forged = {**feed.entries[14], "sig": feed.entries[13]["sig"]}
+    return peer_id, [*feed.entries[:14], forged, *feed.entries[15:]]
+
+
 async def test_a_batch_checked_ahead_still_stops_at_the_first_bad_signature(harness, monkeypatch):
     """Batches of 8 or more have their signatures checked on the checker processes first
     (`Allies._verify_ahead`): an entry whose signature does not verify stops the batch there,
     exactly as one checked in order does."""
     assert await harness.node.allies.verifier.wait_ready() == 2
     inline = counted_inline_checks(monkeypatch)
-    feed = WestFeed()
-    peer_id = await add_west(harness, feed)
-    for n in range(1, 21):
-        feed.append(item(n))
-    # Entry 15 keeps its place in the chain but carries entry 14's signature.
-    forged = {**feed.entries[14], "sig": feed.entries[13]["sig"]}
-    entries = [*feed.entries[:14], forged, *feed.entries[15:]]
+    peer_id, entries = await west_with_a_forged_fifteenth(harness)
     accepted, problem = await harness.node.allies.ingest(peer_id, entries, head_seq=20)
     assert accepted == 14 and "signature does not verify" in problem
     peer = await harness.node.store.peer(peer_id)
@@ -399,12 +404,7 @@ async def test_a_batch_whose_checkers_do_not_answer_is_checked_here(harness, mon
         os.kill(child.process.pid, signal.SIGSTOP)
     monkeypatch.setattr(allies_module, "ANSWER_WAIT", 0.2)
     inline = counted_inline_checks(monkeypatch)
-    feed = WestFeed()
-    peer_id = await add_west(harness, feed)
-    for n in range(1, 21):
-        feed.append(item(n))
-    forged = {**feed.entries[14], "sig": feed.entries[13]["sig"]}
-    entries = [*feed.entries[:14], forged, *feed.entries[15:]]
+    peer_id, entries = await west_with_a_forged_fifteenth(harness)
     try:
         accepted, problem = await asyncio.wait_for(
             harness.node.allies.ingest(peer_id, entries, head_seq=20), 5)
