@@ -4,6 +4,7 @@ record what its follower acknowledged, and exit cleanly."""
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,38 @@ def test_sigterm_with_nothing_in_flight_exits_at_once(tmp_path):
     started = time.monotonic()
     stopped_cleanly(node)
     assert time.monotonic() - started < 5
+
+
+def checkers_of(pid: int) -> list[int]:
+    """The signature checker processes (`python -m server.checker`) of a node's process."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return [child for child in children
+            if b"server.checker" in Path(f"/proc/{child}/cmdline").read_bytes()]  # fmt: skip
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_nodes_signature_checkers_end_with_it(tmp_path, sig):
+    """A serving node starts its checker processes; stopped (SIGTERM, to its whole process
+    group as a terminal or the test helper sends it) or killed, it leaves none behind, and a
+    stop logs no checker as lost."""
+    node = LiveNode(tmp_path, "Checked").init()
+    node.start()
+    eventually(lambda: len(checkers_of(node.process.pid)) == 2, "two checkers", nodes=(node,))
+    checkers = checkers_of(node.process.pid)
+    if sig == signal.SIGTERM:
+        stopped_cleanly(node)
+        assert "signature checker process" not in node.log()
+    else:
+        node.process.kill()  # the node alone: its checkers see their input close
+        node.process.wait()
+    eventually(lambda: not any(alive(pid) for pid in checkers), "the checkers ending",
+               nodes=(node,), timeout=10)  # fmt: skip
