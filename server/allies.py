@@ -906,9 +906,7 @@ class Allies:
                 listed = page.get("entries") if isinstance(page, dict) else None
                 listed = listed if isinstance(listed, list) else []  # check_page says why
                 pairs = [_signed_pair(raw, peer.url)[1] for raw in listed]
-                tasks = self.verifier.check(pairs, current, VERIFY_CHUNK) or []
-                valid = [ok for part in await asyncio.gather(*tasks) if part is not None
-                         for ok in part]  # fmt: skip
+                valid = await _checked(self.verifier.check(pairs, current, VERIFY_CHUNK) or [])
                 if len(valid) != len(listed):  # not checked ahead: check_page checks them all
                     valid = [False] * len(listed)
                 entries, following = snapshot_rules.check_page(
@@ -1217,6 +1215,21 @@ class _Ahead:
         """Checks not started are dropped (the batch stopped early, or the caller went away)."""
         for task in self.tasks:
             task.cancel()
+
+
+async def _checked(tasks: list[asyncio.Future]) -> list[bool]:
+    """The answers of these checker tasks, in order, as one list; short (so: not checked) if
+    one answered None or not within ANSWER_WAIT."""
+    if not tasks:
+        return []
+    _, late = await asyncio.wait(tasks, timeout=ANSWER_WAIT)
+    for task in late:
+        task.cancel()
+    if late:
+        log.warning("a signature checker did not answer within %g s: the page's signatures are "
+                    "checked here", ANSWER_WAIT)  # fmt: skip
+        return []
+    return [ok for task in tasks if task.result() is not None for ok in task.result()]
 
 
 async def _together(*steps: Awaitable) -> list:

@@ -4,7 +4,10 @@ new ally of a node with a long history takes its live state from it, checks ever
 the origin's keys, and reads the feed on from the snapshot's head, or, if the snapshot fails,
 from the start. (Two real nodes: tests/test_snapshot_live.py.)"""
 
+import asyncio
 import json
+import os
+import signal
 from contextlib import asynccontextmanager
 
 import httpx
@@ -363,6 +366,28 @@ async def test_a_new_ally_takes_live_state_from_the_snapshot_and_reads_on_from_i
     await ally.node.allies.pull(await ally.node.store.peer(peer_id))
     assert await held_from(ally, EAST_URL) == await live_at(east)
     assert (await ally.node.store.peer(peer_id)).received_seq == 38
+
+
+async def test_a_snapshot_is_taken_when_the_checkers_do_not_answer(east_and_new_ally,
+                                                                   monkeypatch, caplog):  # fmt: skip
+    """Checker processes hung (or starved of CPU) hold each snapshot page up for ANSWER_WAIT
+    at most; then the node checks the page's signatures itself."""
+    east, ally, _ = east_and_new_ally
+    peer_id = await befriend(ally, east)
+    Wire(ally, east)
+    verifier = ally.node.allies.verifier
+    assert await verifier.wait_ready() == 2
+    for child in verifier._children:
+        os.kill(child.process.pid, signal.SIGSTOP)
+    monkeypatch.setattr(allies_module, "ANSWER_WAIT", 0.1)
+    try:
+        await asyncio.wait_for(ally.node.allies.pull(await ally.node.store.peer(peer_id)), 10)
+    finally:
+        for child in verifier._children:
+            os.kill(child.process.pid, signal.SIGCONT)
+    assert await held_from(ally, EAST_URL) == await live_at(east)
+    assert (await ally.node.store.peer(peer_id)).received_seq == 36
+    assert "the page's signatures are checked here" in caplog.text
 
 
 async def test_items_changed_while_the_snapshot_is_read_come_with_the_feed(east_and_new_ally):
