@@ -8,6 +8,8 @@ import logging
 import os
 import pickle
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -190,3 +192,20 @@ async def test_children_leave_ctrl_c_and_sigterm_to_the_node(verifier):
     assert verifier.ready == 2
     assert await answers(verifier.check(pairs, feed.key.public, 5)) == signatures_valid(
         entries, feed.key.public)
+
+
+def test_a_checker_runs_where_it_may_not_lower_its_priority():
+    """deploy/aidnode.service filters out setpriority (`~@resources`): there, `os.nice`
+    fails, and the checker answers at the node's priority instead of ending."""
+    feed, entries, pairs = batch(9)
+    payload = pickle.dumps((feed.key.public.public_bytes_raw(), pairs))
+    program = ("import os, runpy\n"
+               "def refused(increment): raise PermissionError(1, 'Operation not permitted')\n"
+               "os.nice = refused\n"
+               "runpy.run_module('server.checker', run_name='__main__')\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", program], input=FRAME.pack(len(payload)) + payload,
+                          capture_output=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    (size,) = FRAME.unpack(done.stdout[: FRAME.size])
+    assert list(done.stdout[FRAME.size : FRAME.size + size]) == [
+        int(ok) for ok in signatures_valid(entries, feed.key.public)]
