@@ -20,9 +20,10 @@ bytes, [(signing input, signature) or None, …]); the answer is one frame of a 
 (1: valid). Each child answers its tasks in order. A child that ends or answers out of turn
 is dropped (its tasks answer None) and replaced, at most once every RESTART_AFTER seconds;
 so is one that owes an answer for STALL_AFTER seconds (hung, or starved of CPU).
-Children run niced, ignore SIGINT and SIGTERM (a Ctrl-C in the terminal, or a
-signal to the node's process group, is the node's to act on), and end when their standard
-input closes: when the node closes the verifier, or dies.
+Children run niced, in a session of their own and ignoring SIGINT and SIGTERM (a Ctrl-C in
+the terminal, or a signal to the node's process group, is the node's to act on: signals sent
+while a child was still starting up, before it could ignore them, took it down), and end
+when their standard input closes: when the node closes the verifier, or dies.
 """
 
 import asyncio
@@ -199,8 +200,10 @@ class Verifier:
         try:
             while len(self._children) < self.processes and not self._closed:
                 try:
+                    # A session of its own: a Ctrl-C in the terminal, or a signal to the
+                    # node's process group, is the node's to act on (it closes their input).
                     process = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "server.checker",
+                        sys.executable, "-m", "server.checker", start_new_session=True,
                         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                     )  # fmt: skip
                 except OSError as error:

@@ -88,6 +88,8 @@ def test_a_nodes_signature_checkers_end_with_it(tmp_path, sig):
     stop logs no checker as lost."""
     node = LiveNode(tmp_path, "Checked").init()
     node.start()
+    # Signalled as soon as found, maybe while still starting up (before they could ignore
+    # the group's SIGTERM, which then took them down: a session of their own since).
     eventually(lambda: len(checkers_of(node.process.pid)) == 2, "two checkers", nodes=(node,))
     checkers = checkers_of(node.process.pid)
     if sig == signal.SIGTERM:
