@@ -200,9 +200,10 @@ def signatures_valid(entries: list, public: Ed25519PublicKey) -> list[bool]:
     """For each entry as `loads_strict` returned it, whether its `sig` is `public`'s signature
     over its signing input (False for anything that cannot even be checked).
 
-    The part of reading a feed that costs most, done ahead of the chain's other checks:
-    Ed25519 verification releases the GIL, so a pool of threads checks a batch on every core
-    while `ChainState.accept(entry, verified_by=public)` skips what was checked here."""
+    What a reader may check ahead of the chain's other checks, so that
+    `ChainState.accept(entry, verified_by=public)` skips it. (The node itself checks ahead on
+    processes of its own, from signing inputs cut out of bytes it makes anyway: the
+    signature checker processes of server/verifying.py; this is their reference.)"""
     valid = []
     for entry in entries:
         try:

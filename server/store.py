@@ -194,16 +194,19 @@ _ITEM_ON_CONFLICT = (
     " escalation = excluded.escalation, share_author = excluded.share_author,"
     " via = excluded.via, source_peer = excluded.source_peer"
 )
-ITEM_UPSERT = _ITEM_INSERT + " VALUES " + _ITEM_ROW + _ITEM_ON_CONFLICT
 # Rows one statement of `write_remote_items` writes at most: 23 parameters each, within the
 # 999 that SQLite allowed a statement before 3.32.
 ROWS_A_STATEMENT = 40
+IDS_A_STATEMENT = 500  # ids in one statement's IN list, at most
 
 
 @functools.lru_cache(maxsize=ROWS_A_STATEMENT)
 def _item_upsert_rows(count: int) -> str:
-    """ITEM_UPSERT for `count` items in one statement."""
+    """The upsert of `count` item rows in one statement."""
     return _ITEM_INSERT + " VALUES " + ", ".join([_ITEM_ROW] * count) + _ITEM_ON_CONFLICT
+
+
+ITEM_UPSERT = _item_upsert_rows(1)
 
 
 def _item_params(state: dict, origin: str, is_local: bool, owner_id: int | None,
@@ -897,8 +900,8 @@ class Store:
         hundred a statement; on `db` (inside a write transaction) or a reader."""
         rows: list = []
         unique = sorted(set(ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
+        for start in range(0, len(unique), IDS_A_STATEMENT):
+            chunk = unique[start : start + IDS_A_STATEMENT]
             query = sql.format(ids=", ".join("?" * len(chunk)))
             rows.extend(await db.execute_fetchall(query, chunk) if db is not None
                         else await self.fetch_all(query, tuple(chunk)))  # fmt: skip
@@ -1127,12 +1130,12 @@ class Store:
         return cursor.rowcount
 
     async def drop_remote_items_by_id(self, db: aiosqlite.Connection,
-                                      item_ids: list[str]) -> aiosqlite.Cursor:  # fmt: skip
+                                      item_ids: list[str]) -> list[aiosqlite.Cursor]:  # fmt: skip
         """Remove these remote items, a few hundred a statement (not one each, for the reason
         `write_remote_items` gives); the statements' cursors, as that returns them."""
         cursors = []
-        for start in range(0, len(item_ids), 500):
-            chunk = item_ids[start : start + 500]
+        for start in range(0, len(item_ids), IDS_A_STATEMENT):
+            chunk = item_ids[start : start + IDS_A_STATEMENT]
             cursors.append(await db.execute(
                 f"DELETE FROM items WHERE NOT is_local AND id IN ({', '.join('?' * len(chunk))})",
                 chunk))  # fmt: skip
