@@ -759,15 +759,13 @@ class Allies:
                       nonce: "PendingNonce | None") -> tuple[int, str | None, tuple | None]:  # fmt: skip
         nonce = await self._learn_relay_origins(entries, nonce)
         now = self.node.now_text()
-        ids, origins = _batch_ids(entries)
         async with self.store.write() as db:
             # The transaction's reads, and the nonce's write, sent together: the writer's
             # thread runs them one after another, with no trip back to the event loop between.
-            _, peer, keys, (versions, relayed_copies), relays, origin_keys = await _together(
+            _, peer, keys, judged_against = await _together(
                 nonce.remember_in(self.store, db) if nonce is not None else _nothing(),
                 self.store.peer_in(db, peer_id), self.store.peer_keys_in(db, peer_id),
-                self.store.item_versions_in(db, ids), self.store.relays_in(db, ids),
-                self.store.origin_keys_in(db, origins),
+                self._judged_against(db, entries),
             )  # fmt: skip
             if peer is None or not (peer.trust == "trusted" and not peer.forked):
                 return 0, "not reading this node's feed", None
@@ -775,8 +773,7 @@ class Allies:
             # Entries reach here from pages and pushes read by `loads_strict`.
             chain = ChainState(peer.url, peer.received_seq, peer.received_hash, key_id,
                                parse_public_key(public), strictly_read=True)  # fmt: skip
-            changes = _ItemChanges(self, peer, now, versions=versions, relays=relays,
-                                   relayed_copies=relayed_copies, origins=origin_keys)  # fmt: skip
+            changes = _ItemChanges(self, peer, now, **judged_against)
             try:
                 accepted, problem = await self._accept_all(db, peer_id, entries, chain, ahead,
                                                            changes)  # fmt: skip
@@ -855,17 +852,17 @@ class Allies:
             ahead.tasks.append(self.verifier.submit(pairs, key))
         return ahead
 
-    async def _item_changes(self, db: aiosqlite.Connection, peer: Peer, entries: list,
-                            now: str) -> "_ItemChanges":  # fmt: skip
-        """What a batch of a peer's entries will be judged against, read in a few queries
-        inside the write transaction: the items, relays and relayed needs' origins it names."""
+    async def _judged_against(self, db: aiosqlite.Connection, entries: list) -> dict[str, Any]:
+        """What a batch of a peer's entries will be judged against (`_ItemChanges`' keyword
+        arguments), read inside the write transaction, its queries sent together: the items,
+        relays and relayed needs' origins it names."""
         ids, origins = _batch_ids(entries)
-        versions, relayed_copies = await self.store.item_versions_in(db, ids)
-        return _ItemChanges(
-            self, peer, now, versions=versions, relayed_copies=relayed_copies,
-            relays=await self.store.relays_in(db, ids),
-            origins=await self.store.origin_keys_in(db, origins),
+        (versions, relayed_copies), relays, origin_keys = await _together(
+            self.store.item_versions_in(db, ids), self.store.relays_in(db, ids),
+            self.store.origin_keys_in(db, origins),
         )  # fmt: skip
+        return {"versions": versions, "relayed_copies": relayed_copies, "relays": relays,
+                "origins": origin_keys}  # fmt: skip
 
     # -------------------------------------------------------------------- snapshots
 
@@ -953,7 +950,7 @@ class Allies:
             peer = await self.store.peer_in(db, peer_id)
             if peer is None or not self.follows(peer) or peer.received_seq != 0:
                 return False
-            changes = await self._item_changes(db, peer, entries, now)
+            changes = _ItemChanges(self, peer, now, **await self._judged_against(db, entries))
             for entry in entries:
                 if entry["type"] == "item":
                     changes.judge(entry)
