@@ -155,3 +155,14 @@ def test_bad_worker_counts_are_one_line_and_start_nothing(node, args, env, said)
     result = run_cli("serve", "--data", str(node.data), *args, check=False, env=env)
     assert result.returncode == 1 and said in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "started worker process" not in result.stderr
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("-1", "verify_processes (AIDNODE_VERIFY_PROCESSES) must be at least 0"),
+    ("two", "verify_processes (AIDNODE_VERIFY_PROCESSES) must be a whole number"),
+])  # fmt: skip
+def test_a_bad_checker_count_is_one_line_and_starts_nothing(node, value, said):
+    result = run_cli("serve", "--data", str(node.data), check=False,
+                     env={"AIDNODE_VERIFY_PROCESSES": value})  # fmt: skip
+    assert result.returncode == 1 and said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Uvicorn running" not in result.stderr
