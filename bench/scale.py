@@ -31,6 +31,7 @@ catch-up >= 2,000 entries/s; peak RSS < 300 MB. Run from the repository root:
 import argparse
 import asyncio
 import json
+import os
 import random
 import sqlite3
 import statistics
@@ -384,7 +385,7 @@ def measure_ingest(node: LiveNode, admin: Admin, name: str) -> dict:
                                                headers={"Content-Type": "application/json"}),
                                  pusher.key, pusher.key.key_id(pusher.url), now=datetime.now(UTC))
                     for body in bodies]  # fmt: skip
-        cpu_before = _cpu(node)
+        cpu_before = _cpu_split(node)
         with httpx.Client(timeout=60) as client:
             start = time.perf_counter()
             for request in requests:
@@ -396,7 +397,9 @@ def measure_ingest(node: LiveNode, admin: Admin, name: str) -> dict:
         held = admin.peer(pusher.url)["received_seq"]
         if held != INGEST_ENTRIES:
             raise AssertionError(f"{node.name} holds {held} of {INGEST_ENTRIES} pushed entries")
-        return {"rate": rate(INGEST_ENTRIES, elapsed), "seconds": elapsed, "cpu": _cpu(node) - cpu_before}
+        cpu = {part: used - cpu_before[part] for part, used in _cpu_split(node).items()}
+        return {"rate": rate(INGEST_ENTRIES, elapsed), "seconds": elapsed, "cpu": sum(cpu.values()),
+                "cpu_per_entry": {part: 1e6 * used / INGEST_ENTRIES for part, used in cpu.items()}}  # fmt: skip
     finally:
         pusher.stop()
 
@@ -439,9 +442,26 @@ def processes(pid: int) -> list[int]:
 
 
 def _cpu(node: LiveNode) -> float:
+    return sum(_cpu_split(node).values())
+
+
+def _cpu_split(node: LiveNode) -> dict[str, float]:
+    """CPU seconds a node's processes have used (Linux /proc), split three ways: its event
+    loops (each serving process's main thread), its other threads (SQLite's: the writer, the
+    checkpointer, the readers), and its signature checker processes."""
     from bench.federation import cpu_seconds
 
-    return sum(cpu_seconds(pid) for pid in processes(node.process.pid))
+    split = {"loop": 0.0, "threads": 0.0, "checkers": 0.0}
+    for pid in processes(node.process.pid):
+        whole = cpu_seconds(pid)
+        if b"server.checker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            split["checkers"] += whole
+            continue
+        main = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        loop = (int(main[11]) + int(main[12])) / os.sysconf("SC_CLK_TCK")
+        split["loop"] += loop
+        split["threads"] += whole - loop
+    return split
 
 
 def database_bytes(node: LiveNode) -> int:
@@ -501,6 +521,11 @@ def main() -> None:
                       f" {pushed['rate']:7,.0f}/s ({pushed['rate'] / raw:.1%} of raw verify,"
                       f" node CPU {pushed['cpu']:.1f} s);"
                       f" catch-up of {CATCH_UP:,} {caught['rate']:7,.0f}/s")  # fmt: skip
+                split = pushed["cpu_per_entry"]
+                print(f"{'':>5}       ingest's CPU an entry: event loop {split['loop']:.0f} µs,"
+                      f" SQLite and other threads {split['threads']:.0f} µs,"
+                      f" signature checkers {split['checkers']:.0f} µs"
+                      f" (raw verify {1e6 / raw:.0f} µs)")  # fmt: skip
             reads = measure_feed_reads(node, backlog, built["head"])  # backlog is trusted now
             print(f"feed read, 100 entries: at the start {reads['start']:.1f} ms,"
                   f" at seq {built['head'] - 100:,} {reads['end']:.1f} ms")  # fmt: skip
