@@ -446,9 +446,10 @@ def _cpu(node: LiveNode) -> float:
 
 
 def _cpu_split(node: LiveNode) -> dict[str, float]:
-    """CPU seconds a node's processes have used (Linux /proc), split three ways: its event
-    loops (each serving process's main thread), its other threads (SQLite's: the writer, the
-    checkpointer, the readers), and its signature checker processes."""
+    """CPU seconds a node's processes have used (Linux /proc), split three ways: their main
+    threads (the event loops; with worker processes, also the parent's, which serves
+    nothing), their other threads (SQLite's: the writer, the checkpointer, the readers), and
+    the signature checker processes."""
     from bench.federation import cpu_seconds
 
     split = {"loop": 0.0, "threads": 0.0, "checkers": 0.0}
