@@ -31,7 +31,6 @@ catch-up >= 2,000 entries/s; peak RSS < 300 MB. Run from the repository root:
 import argparse
 import asyncio
 import json
-import os
 import random
 import sqlite3
 import statistics
@@ -458,8 +457,7 @@ def _cpu_split(node: LiveNode) -> dict[str, float]:
         if b"server.checker" in Path(f"/proc/{pid}/cmdline").read_bytes():
             split["checkers"] += whole
             continue
-        main = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        loop = (int(main[11]) + int(main[12])) / os.sysconf("SC_CLK_TCK")
+        loop = cpu_seconds(pid, thread=pid)  # the main thread's id is the process's
         split["loop"] += loop
         split["threads"] += whole - loop
     return split
