@@ -20,10 +20,11 @@ bytes, [(signing input, signature) or None, …]); the answer is one frame of a 
 (1: valid). Each child answers its tasks in order. A child that ends or answers out of turn
 is dropped (its tasks answer None) and replaced, at most once every RESTART_AFTER seconds;
 so is one that owes an answer for STALL_AFTER seconds (hung, or starved of CPU).
-Children run niced, in a session of their own and ignoring SIGINT and SIGTERM (a Ctrl-C in
-the terminal, or a signal to the node's process group, is the node's to act on: signals sent
-while a child was still starting up, before it could ignore them, took it down), and end
-when their standard input closes: when the node closes the verifier, or dies.
+Children run niced (their sessions' scheduling groups too, `checker.lower_autogroup`), in a
+session of their own and ignoring SIGINT and SIGTERM (a Ctrl-C in the terminal, or a signal
+to the node's process group, is the node's to act on: signals sent while a child was still
+starting up, before it could ignore them, took it down), and end when their standard input
+closes: when the node closes the verifier, or dies.
 """
 
 import asyncio

@@ -10,6 +10,7 @@ import pickle
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from federation.keys import generate_key
 from federation.strictjson import loads_strict
 from server import verifying
 from server.allies import _signed_pair
-from server.checker import FRAME, serve
+from server.checker import FRAME, NICENESS, lower_autogroup, serve
 from server.verifying import Verifier
 from tests.test_ingest import WEST, WestFeed, item
 
@@ -192,6 +193,38 @@ async def test_children_leave_ctrl_c_and_sigterm_to_the_node(verifier):
     assert verifier.ready == 2
     assert await answers(verifier.check(pairs, feed.key.public, 5)) == signatures_valid(
         entries, feed.key.public)
+
+
+async def test_checkers_run_below_the_node_also_where_sessions_are_scheduled_as_groups(verifier):
+    """Each checker lowers its priority, and, where the kernel schedules each session as a
+    group (autogroup), its session's too: checkers have sessions of their own, and there a
+    process's niceness alone counts only against its own session."""
+    assert await verifier.wait_ready() == 2
+    feed, entries, pairs = batch(10)
+    await answers(verifier.check(pairs, feed.key.public, 5))  # both past starting up
+    ours = scheduling("self")[1]
+    for child in verifier._children:
+        nice, group = scheduling(child.process.pid)
+        assert nice == NICENESS
+        if ours is not None:  # a kernel with autogroup
+            assert group != ours  # a session of its own
+            assert group.split()[-1] == str(NICENESS), group
+
+
+def scheduling(pid: int | str) -> tuple[int, str | None]:
+    """A process's niceness, and its autogroup as /proc tells it (None: no autogroup)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    nice = int(stat.rpartition(")")[2].split()[16])  # field 19 of the whole line
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    return nice, autogroup.read_text() if autogroup.exists() else None
+
+
+def test_a_kernel_without_autogroup_leaves_the_checker_as_it_is(tmp_path):
+    assert lower_autogroup(str(tmp_path / "absent" / "autogroup")) is False
+    written = tmp_path / "autogroup"
+    written.write_text("")
+    assert lower_autogroup(str(written)) is True
+    assert written.read_text() == str(NICENESS)
 
 
 def test_a_checker_runs_where_it_may_not_lower_its_priority():
