@@ -320,8 +320,12 @@ def test_a_signature_is_bound_to_its_method(method):
     refused(signed(), method=method)
 
 
-def test_an_unknown_key_id_is_refused():
-    refused(signed(), "resolve", lookup=lambda key_id: None)
+def test_an_unknown_key_id_is_refused_saying_which_key():
+    error = refused(signed(), "is not a key this node takes", lookup=lambda key_id: None)
+    assert repr(KEY_ID) in str(error)
+    long_id = "https://west.test#" + "k" * 5000  # an id the sender chose, cut in the message
+    error = refused(signed(key_id=long_id), "is not a key", lookup=lambda key_id: None)
+    assert len(str(error)) < 400
 
 
 def test_a_signature_by_another_key_is_refused():

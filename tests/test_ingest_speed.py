@@ -140,6 +140,20 @@ async def test_items_written_while_a_batch_is_checked_are_all_stored(harness, mo
         returned.extend(weakref.ref(cursor) for cursor in cursors)
         return cursors
 
+    # The checkers may answer the whole batch before ingest waits for any of them, and then
+    # every write is sent before the first is done: the second check looked at waits until
+    # the first write has returned, so that later writes begin while earlier cursors live.
+    valid_by = allies_module._Ahead.valid_by
+
+    async def after_the_first_write(ahead, index):
+        if index == 5:
+            for _ in range(500):
+                if returned:
+                    break
+                await asyncio.sleep(0.01)
+        return await valid_by(ahead, index)
+
+    monkeypatch.setattr(allies_module._Ahead, "valid_by", after_the_first_write)
     monkeypatch.setattr(store, "write_remote_items", watched)
     monkeypatch.setattr(allies_module, "WRITE_AHEAD", 5)
     assert await harness.node.allies.ingest(peer_id, feed.entries) == (61, None)
