@@ -4,11 +4,11 @@ Ingest and snapshots check a batch's Ed25519 signatures ahead of the chain's oth
 and `ChainState.accept` skips a check already made with the key it finds in force. The node
 cuts each entry's signing input out of the canonical bytes it makes anyway, for the entry's
 hash (`federation.entries.signing_input_cut`), so a check is the Ed25519 check alone
-(`server/checker.py`, the children's side). On threads, those checks fought the event loop for the GIL:
-each signature needs the GIL before and after the native check, and a thread asking for it
-while the event loop runs Python waits up to the interpreter's switch interval (5 ms), so on
-two cores the checks ran at a fraction of their speed and slowed the loop besides. A child
-process has a GIL of its own.
+(`server/checker.py`, the children's side). On threads, those checks fought the event loop
+for the GIL: each signature needs the GIL before and after the native check, and a thread
+asking for it while the event loop runs Python waits up to the interpreter's switch interval
+(5 ms), so on two cores the checks ran at a fraction of their speed and slowed the loop
+besides. A child process has a GIL of its own.
 
 A `Verifier` runs `processes` children (`python -m server.checker`; the `verify_processes`
 setting shared out among worker processes), started in the background when a node serves, or
