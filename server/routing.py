@@ -105,9 +105,11 @@ async def identify_node(request: Request, *, any_node: bool = False, pinned: boo
     body = await request.body()
     now = node.now()
     asked: list[str] = []
+    known: list[dict] = []  # the keys each attempt had: a key pinned since is tried again
 
     async def attempt(learned: dict | None = None) -> tuple[dict, object]:
         keys = await node.store.request_keys()
+        known.append(keys)
         if not (any_node or pinned):
             keys = {k: v for k, v in keys.items() if v[2] == "trusted"}
         keys.update(learned or {})
@@ -127,14 +129,20 @@ async def identify_node(request: Request, *, any_node: bool = False, pinned: boo
         try:
             keys, verified = await attempt()
         except SignatureError:
-            if not (any_node and asked and asked[-1] not in await node.store.request_keys()):
+            if not (any_node and asked and asked[-1] not in known[0]):
                 raise
-            doc = await node.allies.learn_node(asked[-1])  # raises ClientError if it cannot
-            learned_id, learned_public = doc.current_key
-            keys, verified = await attempt({learned_id: (None, learned_public, "unknown", False)})
-            if keys[verified.key_id][0] is None:  # verified with the learned key: keep the node
-                keys[verified.key_id] = (await node.allies.pin_node(doc), learned_public,
-                                         "unknown", False)  # fmt: skip
+            if asked[-1] in await node.store.request_keys():
+                # Pinned meanwhile (an ingest learned the node as a relayed need's origin):
+                # checked again with the key now pinned, rather than refused or fetched.
+                keys, verified = await attempt()
+            else:
+                doc = await node.allies.learn_node(asked[-1])  # raises ClientError if it cannot
+                learned_id, learned_public = doc.current_key
+                keys, verified = await attempt({learned_id: (None, learned_public, "unknown",
+                                                             False)})  # fmt: skip
+                if keys[verified.key_id][0] is None:  # verified with the learned key: keep it
+                    keys[verified.key_id] = (await node.allies.pin_node(doc), learned_public,
+                                             "unknown", False)  # fmt: skip
     except (SignatureError, ProtocolError) as error:
         raise Unauthorized(str(error)) from None
     peer_id, _, trust, push_paused = keys[verified.key_id]

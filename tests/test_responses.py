@@ -293,6 +293,29 @@ async def test_a_responders_words_are_shown_as_text_never_as_markup(harness):
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+async def test_a_responder_pinned_while_its_signature_is_checked_is_taken(harness, monkeypatch):
+    """A responder's key can be pinned while its response is being checked (an ingest learns
+    its node as a relayed need's origin meanwhile): the signature is checked again with the
+    key now pinned; the response is neither refused nor its document fetched."""
+    feed = WestFeed()
+    await add_west(harness, feed, trust="unknown")
+    need = await post(harness, await harness.api_client("poster"))
+    fetched = fake_documents(harness, monkeypatch, {})
+    pinned = harness.node.store.request_keys
+    reads = []
+
+    async def west_pinned_after_the_first_read():
+        keys = await pinned()
+        reads.append(len(reads))
+        return keys if len(reads) > 1 else {k: v for k, v in keys.items() if not k.startswith(WEST)}
+
+    monkeypatch.setattr(harness.node.store, "request_keys", west_pinned_after_the_first_read)
+    answer = await respond(harness, feed.key, response(need["id"]))
+    assert answer.status_code == 202, answer.text
+    assert fetched == [] and len(reads) == 3  # the first look, the second, the check again
+    assert len(await stored_responses(harness)) == 1
+
+
 async def test_a_known_node_that_is_not_trusted_may_respond_but_not_push(harness):
     feed = WestFeed()
     await add_west(harness, feed, trust="unknown")
