@@ -68,7 +68,9 @@ def canonical_read(value: object) -> bytes:
     Only for such values (no floats, integers within the interoperable range, no lone
     surrogates: what strict reading guarantees); anything else goes through `canonical`."""
     text = _FAST_ENCODER.encode(value)
-    if _ORDER_MAY_DIFFER.search(text) is not None:
+    # isascii() reads a flag the string carries; the search reads every character (2 µs for
+    # an entry of 900 bytes, on the event loop for each entry an ally sends).
+    if not text.isascii() and _ORDER_MAY_DIFFER.search(text) is not None:
         return canonical(value)
     return text.encode("utf-8")
 
@@ -104,6 +106,18 @@ def signing_input_cut(entry: dict, encoded: bytes) -> bytes | None:
     if not encoded.endswith(member + tail):
         return None
     return encoded[: -len(member) - len(tail)] + tail
+
+
+def body_cut(entry: dict, encoded: bytes) -> bytes | None:
+    """The canonical bytes of a checked entry's body, cut out of the entry's `encoded` rather
+    than encoded again. RFC 8785 puts `at` first and `body` second; what follows the body
+    (`key` and the members after it) holds no `,"key":"` but where the `key` member begins,
+    since a quote inside a string is escaped. None if the bytes do not begin as the entry's."""
+    head = b'{"at":"' + entry["at"].encode() + b'","body":'
+    end = encoded.rfind(b',"key":"')
+    if not encoded.startswith(head) or end < len(head):
+        return None
+    return encoded[len(head) : end]
 
 
 def sign_entry(

@@ -40,6 +40,7 @@ from federation import snapshot as snapshot_rules
 from federation.encoding import SIGNATURE_CHARS, b64url_decode
 from federation.entries import (
     ChainState,
+    body_cut,
     canonical,
     check_key_entry,
     check_shape_encoded,
@@ -810,9 +811,9 @@ class Allies:
                     break
                 continue
             before = (chain.seq, chain.hash, chain.key_id, chain.public)
+            shaped = ahead.shape(index)
             try:
-                entry = chain.accept(raw, verified_by=await ahead.valid_by(index),
-                                     shaped=ahead.shape(index))  # fmt: skip
+                entry = chain.accept(raw, verified_by=await ahead.valid_by(index), shaped=shaped)
                 if entry["type"] == "key":
                     await self._take_key(db, peer_id, entry, old_key=before[2])
             except ProtocolError as error:
@@ -821,7 +822,7 @@ class Allies:
                 break
             accepted += 1
             if entry["type"] == "item":
-                changes.judge(entry)
+                changes.judge(entry, encoded=shaped[1] if shaped and shaped[0] is entry else None)
             elif entry["type"] == "relay":
                 changes.judge_relay(entry)
             if accepted % WRITE_AHEAD == 0:
@@ -1331,6 +1332,7 @@ class _ItemChanges:
         self.versions, self.relays, self.origins = versions, relays, origins
         self.relayed_copies = relayed_copies
         self.stored: dict[str, dict | None] = {}  # item id → state to store, or None: remove
+        self.texts: dict[str, str] = {}  # item id → its stored state's JSON, where it is cut
         self.via: dict[str, list[str]] = {}  # item id → relay path, for relayed copies
         self.refused: list[tuple[int, str | None, str]] = []
         self.to_relay: dict[str, tuple[dict, list[str]]] = {}  # item id → (entry, path)
@@ -1340,8 +1342,10 @@ class _ItemChanges:
     def _refuse(self, entry: dict, item_id: str | None, reason: str) -> None:
         self.refused.append((entry["seq"], item_id, reason[:500]))
 
-    def judge(self, entry: dict) -> None:
-        """Content validity of an accepted item entry, read from its origin's own feed."""
+    def judge(self, entry: dict, *, encoded: bytes | None = None) -> None:
+        """Content validity of an accepted item entry, read from its origin's own feed.
+        `encoded`: the entry's canonical bytes, if at hand: its state's JSON is cut out of
+        them to be stored (`body_cut`), rather than encoded again on the event loop."""
         state = entry["body"]
         item_id = state.get("id") if isinstance(state.get("id"), str) else None
         try:
@@ -1358,6 +1362,10 @@ class _ItemChanges:
                 self._refuse(entry, item_id, f"version {state['version']} is not newer than {held}")
             return
         self._apply(state, via=None)
+        if encoded is not None and self.stored.get(state["id"]) is state:
+            text = body_cut(entry, encoded)
+            if text is not None:
+                self.texts[state["id"]] = text.decode()
         self._consider_relay(entry, state, path=[], distance=1)
 
     def judge_relay(self, entry: dict) -> None:
@@ -1409,6 +1417,7 @@ class _ItemChanges:
     def _apply(self, state: dict, *, via: list[str] | None) -> None:
         item_id = state["id"]
         held = self.versions.get(item_id)
+        self.texts.pop(item_id, None)
         if state["status"] not in item_rules.LIVE_STATUSES or state["expires"] <= self.now:
             if held is not None:
                 self.stored[item_id] = None
@@ -1451,17 +1460,19 @@ class _ItemChanges:
         misuse", and could do worse."""
         if self.stored:
             stored, self.stored = self.stored, {}
-            self._writing.append(asyncio.ensure_future(self._write_items(db, stored)))
+            texts, self.texts = self.texts, {}
+            self._writing.append(asyncio.ensure_future(self._write_items(db, stored, texts)))
 
-    async def _write_items(self, db: aiosqlite.Connection,
-                           stored: dict[str, dict | None]) -> list:  # fmt: skip
-        """Write these outcomes; the statements' cursors, for the caller to keep (above)."""
+    async def _write_items(self, db: aiosqlite.Connection, stored: dict[str, dict | None],
+                           texts: dict[str, str]) -> list:  # fmt: skip
+        """Write these outcomes (`texts`: states' JSON where cut out already); the statements'
+        cursors, for the caller to keep (above)."""
         store, cursors = self.allies.store, []
         states = [state for state in stored.values() if state is not None]
         removed = [item_id for item_id, state in stored.items() if state is None]
         if states:
             cursors += await store.write_remote_items(db, states, source_peer=self.peer.id,
-                                                      via=self.via)  # fmt: skip
+                                                      via=self.via, texts=texts)  # fmt: skip
         if removed:
             cursors += await store.drop_remote_items_by_id(db, removed)
         return cursors
@@ -1481,8 +1492,8 @@ class _ItemChanges:
         """Write what the batch decided; the number of relay entries appended to our feed."""
         store = self.allies.store
         await self.written()
-        await self._write_items(db, self.stored)
-        self.stored = {}
+        await self._write_items(db, self.stored, self.texts)
+        self.stored, self.texts = {}, {}
         if self.refused:
             await store.record_refusals(db, self.peer.id, self.refused, self.now)
         if self.sightings:

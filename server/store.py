@@ -211,15 +211,16 @@ ITEM_UPSERT = _item_upsert_rows(1)
 
 def _item_params(state: dict, origin: str, is_local: bool, owner_id: int | None,
                  escalation: str | None, share_author: bool, via: list[str] | None = None,
-                 source_peer: int | None = None) -> tuple:  # fmt: skip
-    """The parameters of ITEM_UPSERT for one item state."""
+                 source_peer: int | None = None, text: str | None = None) -> tuple:  # fmt: skip
+    """The parameters of ITEM_UPSERT for one item state (`text`: its JSON, if at hand)."""
     location = state.get("location", {})
     return (
         state["id"], state["id"].rsplit("/items/", 1)[1], origin, int(is_local),
         state["kind"], state["category"], state["status"], state["reach"],
         state.get("urgency"), location.get("geohash"), state["title"], state["body"],
         " ".join(state.get("tags", [])), state["created"], state["updated"],
-        state["expires"], state["version"], json.dumps(state, ensure_ascii=False),
+        state["expires"], state["version"],
+        json.dumps(state, ensure_ascii=False) if text is None else text,
         owner_id, escalation, int(share_author), json.dumps(via) if via else None, source_peer,
     )  # fmt: skip
 
@@ -864,7 +865,8 @@ class Store:
 
     async def write_remote_items(self, db: aiosqlite.Connection, states: list[dict], *,
                                  origin: str | None = None, source_peer: int | None = None,
-                                 via: dict[str, list[str]] | None = None) -> list[aiosqlite.Cursor]:  # fmt: skip
+                                 via: dict[str, list[str]] | None = None,
+                                 texts: dict[str, str] | None = None) -> list[aiosqlite.Cursor]:  # fmt: skip
         """Store the latest states of items from other nodes: ingest's batched form of
         `write_item` for remote items (which have no feed entry here). Returns the
         statements' cursors (see `_ItemChanges.write_soon` in allies.py for why a caller may
@@ -886,7 +888,8 @@ class Store:
             if origin is not None and item_origin != origin:
                 raise ValueError(f"{state['id']} is not an item of {origin}")
             params.append(_item_params(state, item_origin, False, None, None, False,
-                                       via.get(state["id"]), source_peer))  # fmt: skip
+                                       via.get(state["id"]), source_peer,
+                                       texts.get(state["id"]) if texts else None))  # fmt: skip
         cursors = []
         for start in range(0, len(params), ROWS_A_STATEMENT):
             rows = params[start : start + ROWS_A_STATEMENT]

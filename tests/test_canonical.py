@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from federation.entries import (
     ENTRY_TYPES,
+    body_cut,
     canonical_read,
     check_shape_encoded,
     sign_entry,
@@ -150,3 +151,31 @@ def test_bytes_that_are_not_the_entrys_give_no_signing_input():
     assert signing_input_cut({**entry, "type": "key"}, encoded) is None
     assert signing_input_cut({**entry, "sig": entry["sig"][::-1]}, encoded) is None
     assert signing_input_cut(entry, encoded[:-1] + b" }") is None
+
+
+# An entry's body cut out of its canonical bytes (`body_cut`, what ingest stores as an item's
+# state) is the body's own canonical bytes, whatever it holds: text that ends like the member
+# after it (`,"key":"`), members named "key" at any depth, characters that sort differently.
+@SETTINGS
+@given(body=st.dictionaries(text, values, max_size=6), kind=st.sampled_from(ENTRY_TYPES),
+       decoy=st.sampled_from(['","key":"', ',"key":"x"}', '"}', "\ue000"]))  # fmt: skip
+@example(body={"key": {"key": ',"key":"'}, "z": [{"key": "x"}]}, kind="item", decoy="")
+def test_the_body_cut_out_is_the_one_encoded(body, kind, decoy):
+    body = {**body, "tail": decoy, "nested": {"key": decoy}}
+    entry = sign_entry(origin="https://a.example", seq=3, prev="sha256:" + "A" * 43, type=kind,
+                       at="2026-11-24T18:00:00Z", body=body, key=ENTRY_KEY)  # fmt: skip
+    read = loads_strict(json.dumps(entry))
+    shaped, encoded = check_shape_encoded(read, strictly_read=True)
+    cut = body_cut(shaped, encoded)
+    assert cut == rfc8785.dumps(read["body"])
+    assert loads_strict(cut) == body
+
+
+def test_bytes_that_do_not_begin_as_the_entrys_give_no_body():
+    entry = sign_entry(origin="https://a.example", seq=1, prev=None, type="item",
+                       at="2026-11-24T18:00:00Z", body={"n": 1}, key=ENTRY_KEY)  # fmt: skip
+    encoded = canonical_read(entry)
+    assert body_cut(entry, encoded) == b'{"n":1}'
+    assert body_cut({**entry, "at": "2026-11-24T18:00:01Z"}, encoded) is None
+    assert body_cut(entry, b" " + encoded) is None
+    assert body_cut(entry, encoded.replace(b',"key":"', b',"kez":"')) is None

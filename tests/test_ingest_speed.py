@@ -3,11 +3,13 @@ COMMIT a push), and a replay is still refused, also two at once, also of a push 
 
 import asyncio
 import gc
+import json
 import weakref
 
 import httpx
 import pytest
 
+from federation.entries import canonical
 from federation.httpsig import new_nonce, sign_request
 from server import allies as allies_module
 from tests.test_ingest import WEST, WestFeed, add_west, item, remote_titles
@@ -168,3 +170,25 @@ async def test_items_written_while_a_batch_is_checked_are_all_stored(harness, mo
     titles = {row[0] for row in await store.fetch_all("SELECT title FROM items WHERE NOT is_local")}
     assert len(titles) == 60 and "Offer 3, again" in titles and "Offer 3" not in titles
     assert (await store.peer(peer_id)).received_seq == 61
+
+
+async def test_the_state_stored_for_an_item_is_the_body_its_entry_signed(harness):
+    """An item's state is stored as its body's canonical JSON, cut out of the bytes its entry
+    was hashed over (`body_cut`); the same with the checkers at work or not, awkward text
+    included."""
+    assert await harness.node.allies.verifier.wait_ready() == 2  # batches of 8 or more go there
+    feed = WestFeed()
+    peer_id = await add_west(harness, feed)
+    for n in range(1, 11):
+        feed.append(item(n, title=f"Offre n° {n} 🍲 ﬁ ✓", body='He said "key": ,"key":"'))
+    feed.append(item(4, title="Offer 4, again", version=2))
+    assert await harness.node.allies.ingest(peer_id, feed.entries) == (11, None)
+    feed.append(item(11, title="One alone"))  # a batch too small for the checkers
+    assert await harness.node.allies.ingest(peer_id, feed.entries[-1:]) == (1, None)
+    latest = {entry["body"]["id"]: entry["body"] for entry in feed.entries}
+    rows = await harness.node.store.fetch_all("SELECT id, state FROM items WHERE NOT is_local")
+    assert {row[0]: json.loads(row[1]) for row in rows} == latest
+    cut = {row[0]: row[1] for row in rows if row[0] != item(11)["id"]}
+    assert cut == {item_id: canonical(body).decode() for item_id, body in latest.items()
+                   if item_id != item(11)["id"]}  # fmt: skip
+    assert "One alone" in await remote_titles(harness)
