@@ -8,8 +8,9 @@ worker processes) and prints, in one run on one machine:
   one is answered), and of `/api/v1/items`;
 - ingest: entries per second a trusted ally's pushes are taken in at (signed
   `POST /federation/inbox`, batches of 100, one push after another as a follower's pusher
-  sends them), as a share of the raw Ed25519 verify rate measured just before, in three
-  rounds of 10,000 entries: the median round's figure, each round's printed beside it;
+  sends them, each signed beforehand and written by a minimal client), as a share of the
+  raw Ed25519 verify rate measured just before, in three rounds of 10,000 entries: the
+  median round's figure, each round's printed beside it;
 - catch-up: a 10,000-entry backlog read from an ally that serves its feed, on the big node
   and, for comparison, on a fresh node in the same run, so that what history costs shows as
   a ratio;
@@ -269,12 +270,13 @@ def login_cookie(base: str) -> str:
 
 
 class Connection:
-    """One kept-alive HTTP/1.1 connection sending GETs and reading whole answers.
+    """One kept-alive HTTP/1.1 connection sending requests and reading whole answers.
 
     The load generator: it shares the machine with the node, and httpx spends 2-3 ms of CPU a
     request, as much as the node itself, so at concurrency 20 it, not the node, would set the
-    pace. This writes a fixed request and reads the status line, the headers and a
-    Content-Length body (what the node's answers carry), little more."""
+    pace (and 1 ms a push, on the path of pushes sent one after another). This writes a
+    request made beforehand and reads the status line, the headers and a Content-Length body
+    (what the node's answers carry), little more."""
 
     def __init__(self, host: str, port: int, headers: dict[str, str]) -> None:
         self.host, self.port = host, port
@@ -284,9 +286,13 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def get(self, path: str) -> tuple[int, bytes]:
+        return await self.send(f"GET {path} HTTP/1.1\r\n{self.head}\r\n".encode(), path)
+
+    async def send(self, request: bytes, label: str) -> tuple[int, bytes]:
+        """Send one whole request (`wire` makes one of an httpx.Request); its status and body."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(f"GET {path} HTTP/1.1\r\n{self.head}\r\n".encode())
+        self.writer.write(request)
         status_line = await self.reader.readline()
         status = int(status_line.split()[1])
         length = None
@@ -295,8 +301,16 @@ class Connection:
             if name.strip().lower() == b"content-length":
                 length = int(value)
         if length is None:
-            raise AssertionError(f"{path}: an answer without Content-Length")
+            raise AssertionError(f"{label}: an answer without Content-Length")
         return status, await self.reader.readexactly(length)
+
+    @staticmethod
+    def wire(request: httpx.Request) -> bytes:
+        """The bytes of an HTTP/1.1 request as httpx would send it: its headers as they are
+        (signed), its whole body."""
+        head = b"".join(name + b": " + value + b"\r\n" for name, value in request.headers.raw)
+        return b"%s %s HTTP/1.1\r\n%s\r\n%s" % (request.method.encode(), request.url.raw_path,
+                                                  head, request.read())  # fmt: skip
 
     def close(self) -> None:
         if self.writer is not None:
@@ -390,27 +404,39 @@ def measure_ingest(node: LiveNode, admin: Admin, name: str, raw: RawVerify) -> d
                                                headers={"Content-Type": "application/json"}),
                                  pusher.key, pusher.key.key_id(pusher.url), now=datetime.now(UTC))
                     for body in bodies]  # fmt: skip
+        wires = [Connection.wire(request) for request in requests]
         per_round = INGEST_ENTRIES // INGEST_BATCH
         cpu_before = _cpu_split(node)
-        rates, shares, yardsticks = [], [], []
-        with httpx.Client(timeout=60) as client:
-            for first in range(0, len(requests), per_round):
-                beside = raw.rate(rounds=3)
-                yardsticks.append(beside)
-                start = time.perf_counter()
-                for request in requests[first : first + per_round]:
-                    answer = client.send(request)
-                    if answer.status_code != 200:
-                        raise AssertionError(f"a push answered {answer.status_code}: {answer.text}"
-                                             f"\n{node.log()}")  # fmt: skip
-                rates.append(rate(INGEST_ENTRIES, time.perf_counter() - start))
-                shares.append(rates[-1] / beside)
+        rates, shares, yardsticks, client_cpu = [], [], [], 0.0
+
+        async def rounds() -> None:
+            nonlocal client_cpu
+            url = httpx.URL(node.url)
+            connection = Connection(url.host, url.port, {})
+            try:
+                for first in range(0, len(wires), per_round):
+                    beside = raw.rate(rounds=3)
+                    yardsticks.append(beside)
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    for wire in wires[first : first + per_round]:
+                        status, answer = await connection.send(wire, "a push")
+                        if status != 200:
+                            raise AssertionError(f"a push answered {status}: {answer[:300]!r}"
+                                                 f"\n{node.log()}")  # fmt: skip
+                    rates.append(rate(INGEST_ENTRIES, time.perf_counter() - start))
+                    client_cpu += time.process_time() - cpu_start
+                    shares.append(rates[-1] / beside)
+            finally:
+                connection.close()
+
+        asyncio.run(rounds())
         held = admin.peer(pusher.url)["received_seq"]
         if held != total:
             raise AssertionError(f"{node.name} holds {held} of {total} pushed entries")
         cpu = {part: used - cpu_before[part] for part, used in _cpu_split(node).items()}
         median = shares.index(statistics.median_low(shares))
         return {"rate": rates[median], "share": shares[median], "shares": shares, "raw": yardsticks,
+                "client_ms": 1000 * client_cpu / len(requests),
                 "cpu": sum(cpu.values()) / INGEST_ROUNDS,
                 "cpu_per_entry": {part: 1e6 * used / total for part, used in cpu.items()}}  # fmt: skip
     finally:
@@ -535,7 +561,8 @@ def main() -> None:
                 print(f"{label:>5} node: ingest of {INGEST_ENTRIES:,} pushed entries"
                       f" {pushed['rate']:7,.0f}/s ({pushed['share']:.1%} of raw verify,"
                       f" the median of {INGEST_ROUNDS} rounds: {rounds}, raw verify beside them"
-                      f" {min(pushed['raw']):,.0f}–{max(pushed['raw']):,.0f}/s;"
+                      f" {min(pushed['raw']):,.0f}–{max(pushed['raw']):,.0f}/s, the pusher's CPU"
+                      f" {pushed['client_ms']:.2f} ms a push;"
                       f" node CPU {pushed['cpu']:.1f} s a round);"
                       f" catch-up of {CATCH_UP:,} {caught['rate']:7,.0f}/s")  # fmt: skip
                 split = pushed["cpu_per_entry"]
