@@ -302,8 +302,10 @@ async def iter_entries(db: aiosqlite.Connection, batch: int = 1000) -> AsyncIter
 
 
 async def check_feed(db: aiosqlite.Connection, base_url: str) -> dict:
-    """Re-verify the whole chain and that every federated local item's state is its latest
-    entry. Raises ChainProblem with the first problem; returns counts when all is well."""
+    """Re-verify the whole chain, that every federated local item's state is its latest
+    entry, and that each item's `feed_seq` (what a snapshot serves it by) names its latest
+    entry in the feed, or a relay entry of it for another node's item. Raises ChainProblem
+    with the first problem; returns counts when all is well."""
     keys = await node_keys(db)
     if not keys:
         raise ChainProblem("the node has no keys recorded")
@@ -311,6 +313,8 @@ async def check_feed(db: aiosqlite.Connection, base_url: str) -> dict:
     state = ChainState(base_url, 0, None, f"{base_url}#{first_name}", parse_public_key(first_public),
                        strictly_read=True)  # fmt: skip
     latest: dict[str, dict] = {}
+    latest_seq: dict[str, int] = {}  # item id → the seq of its latest item entry
+    relayed: dict[str, set[int]] = {}  # another node's item id → the seqs of our relays of it
     count = 0
     async for seq, stored_hash, type_, item_id, text in iter_entries(db):
         try:
@@ -331,16 +335,22 @@ async def check_feed(db: aiosqlite.Connection, base_url: str) -> dict:
             if entry["body"].get("id") != item_id:
                 raise ChainProblem(f"entry {seq}: the stored item id does not match its body")
             latest[item_id] = entry["body"]
+            latest_seq[item_id] = seq
+        if type_ == "relay":
+            relayed.setdefault(_relayed_id(entry), set()).add(seq)
         count += 1
     if keys[-1][0] != state.key_id.rsplit("#", 1)[1]:
         raise ChainProblem("the current key is not the one the chain hands over to")
     async with db.execute(
-        "SELECT id, state, reach FROM items WHERE is_local ORDER BY id"
+        "SELECT id, state, reach, feed_seq FROM items WHERE is_local ORDER BY id"
     ) as cursor:
         rows = await cursor.fetchall()
     federated = 0
-    for item_id, text, reach in rows:
+    for item_id, text, reach, feed_seq in rows:
         item_state = json.loads(text)
+        if feed_seq != latest_seq.get(item_id):
+            raise ChainProblem(f"item {item_id}: its feed_seq is {feed_seq}, but its latest"
+                               f" feed entry is {latest_seq.get(item_id)}")  # fmt: skip
         if reach == "local":
             if item_id in latest:
                 raise ChainProblem(f"item {item_id} is local but has feed entries")
@@ -352,4 +362,21 @@ async def check_feed(db: aiosqlite.Connection, base_url: str) -> dict:
     stray = set(latest) - {row[0] for row in rows}
     if stray:
         raise ChainProblem(f"feed entries for an item the node does not hold: {sorted(stray)[0]}")
+    # Another node's item is carried by our feed only in relay entries; its row may have been
+    # dropped and taken in again since (then none of them is its feed_seq yet).
+    async with db.execute(
+        "SELECT id, feed_seq FROM items WHERE NOT is_local AND feed_seq IS NOT NULL ORDER BY id"
+    ) as cursor:
+        async for item_id, feed_seq in cursor:
+            if feed_seq not in relayed.get(item_id, ()):
+                raise ChainProblem(f"item {item_id}: its feed_seq {feed_seq} is not a relay"
+                                   " entry of it in the feed")  # fmt: skip
     return {"entries": count, "federated_items": federated, "keys": len(keys)}
+
+
+def _relayed_id(entry: dict) -> str | None:
+    """The id of the item a relay entry of ours carries (None if it names none)."""
+    inner = entry["body"].get("entry") if isinstance(entry["body"], dict) else None
+    body = inner.get("body") if isinstance(inner, dict) else None
+    item_id = body.get("id") if isinstance(body, dict) else None
+    return item_id if isinstance(item_id, str) else None

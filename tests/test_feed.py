@@ -220,6 +220,19 @@ async def test_check_finds_damage(harness, damage):
         await harness.node.check()
 
 
+@pytest.mark.parametrize("wrong", ["feed_seq - 1", "NULL", "99"])
+async def test_check_finds_an_item_whose_feed_seq_is_not_its_latest_entry(harness, wrong):
+    """What a snapshot serves an item by (`items.feed_seq`) is checked against the feed."""
+    api = await harness.api_client("jo")
+    posted = (await api.post("/api/v1/items", json=OFFER)).json()
+    await api.patch(f"/api/v1/items/{posted['id'].rsplit('/', 1)[1]}", json={"title": "Soup, again"})
+    assert (await harness.node.check())["entries"] == 2
+    async with harness.node.store.write() as db:
+        await db.execute(f"UPDATE items SET feed_seq = {wrong} WHERE id = ?", (posted["id"],))
+    with pytest.raises(ChainProblem, match="its feed_seq is .*, but its latest feed entry is 2"):
+        await harness.node.check()
+
+
 def test_stored_entries_are_canonical_text():
     """Entries are kept as their exact canonical bytes, so what is served is what was signed."""
     key = generate_key()

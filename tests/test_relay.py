@@ -7,6 +7,7 @@ import pytest
 
 from federation.entries import entry_hash, sign_entry
 from federation.keys import generate_key, public_key_text
+from server.feed import ChainProblem
 from tests.conftest import BASE_URL as EAST
 
 pytestmark = pytest.mark.anyio
@@ -355,3 +356,17 @@ async def test_edits_to_a_relayed_need_are_coalesced_and_status_changes_go_at_on
     relays = await own_relays(harness)
     assert [(r["entry"]["body"]["version"], r["path"]) for r in relays][-1] == (5, [WEST, EAST])
     assert await harness.node.store.waiting_relays() == []
+
+
+async def test_check_finds_a_relayed_need_whose_feed_seq_is_not_a_relay_of_it(world):
+    """A relayed need's `feed_seq` names our relay entry of it (what a snapshot serves)."""
+    harness, west, north, west_id, _ = world
+    west.relay(north.append("item", need(1)))
+    west.relay(north.append("item", need(2)))
+    assert await harness.node.allies.ingest(west_id, west.entries) == (2, None)
+    assert len(await own_relays(harness)) == 2
+    assert (await harness.node.check())["entries"] == 2  # our two relay entries
+    async with harness.node.store.write() as db:  # the other need's relay entry
+        await db.execute("UPDATE items SET feed_seq = 2 WHERE id = ?", (need(1)["id"],))
+    with pytest.raises(ChainProblem, match="feed_seq 2 is not a relay entry of it"):
+        await harness.node.check()
