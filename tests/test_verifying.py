@@ -207,17 +207,16 @@ async def test_checkers_run_below_the_node_also_where_sessions_are_scheduled_as_
     for child in verifier._children:
         nice, group = scheduling(child.process.pid)
         assert nice == min(own_nice + NICENESS, 19)  # os.nice adds to what it inherited
-        if own_group is not None and group_settable():  # a kernel with autogroup
+        if own_group is not None and group_settable(own_group):  # a kernel with autogroup
             assert group is not None and group != own_group  # a session of its own
             assert group.split()[-1] == str(NICENESS), group
 
 
-def group_settable() -> bool:
-    """Whether this process may set its autogroup's niceness (it writes back the one it has):
-    a container may mount /proc read-only."""
-    own = scheduling("self")[1]
+def group_settable(own_group: str) -> bool:
+    """Whether this process may set its autogroup's niceness (it writes back the one it has,
+    `own_group` as `scheduling` read it): a container may mount /proc read-only."""
     try:
-        Path("/proc/self/autogroup").write_text(own.split()[-1])
+        Path("/proc/self/autogroup").write_text(own_group.split()[-1])
     except OSError:
         return False
     return True
