@@ -41,6 +41,7 @@ class ScriptedPeer:
         self.pushed: list[dict] = []  # pushes answered, in order
         self.feed_page: bytes | None = None  # when set, the feed answers these bytes instead
         self.feed_reads = 0  # feed requests answered
+        self.feed_served = 0  # entries those answers carried
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -106,8 +107,9 @@ class ScriptedPeer:
             limit = int(request.query_params.get("limit", "100"))
             head = ({"seq": len(self.entries), "hash": entry_hash(self.entries[-1])}
                     if self.entries else {"seq": 0, "hash": None})  # fmt: skip
-            return JSONResponse({"origin": self.url, "head": head,
-                                 "entries": self.entries[after : after + limit]})  # fmt: skip
+            page = self.entries[after : after + limit]
+            self.feed_served += len(page)
+            return JSONResponse({"origin": self.url, "head": head, "entries": page})
 
         async def inbox(request: Request) -> Response:
             body = json.loads(await request.body())
