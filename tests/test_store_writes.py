@@ -10,6 +10,7 @@ from server.store import (
     CHECKPOINT_BACKSTOP,
     NONCE_SWEEP_SECONDS,
     ROWS_A_STATEMENT,
+    ITEM_BY_UUID,
     ItemQuery,
     Store,
 )
@@ -158,3 +159,29 @@ async def test_items_by_owner_leaves_out_items_with_no_owner(store):
     plan = await store.fetch_all("EXPLAIN QUERY PLAN SELECT row FROM items WHERE owner_id = ?"
                                  " ORDER BY created DESC", (1,))  # fmt: skip
     assert "items_by_owner" in " ".join(row[3] for row in plan)
+
+
+async def test_an_item_is_found_by_uuid_under_each_origin_ours_first(store):
+    """Migration 0014: with no index of uuids, an item's uuid is looked up as an id under each
+    origin the node holds items of; our own item comes first, then another node's."""
+    uuid = "00000000-0000-4000-8000-000000000007"
+    others = ["https://eastside.example", ORIGIN, "https://zz-last.example"]
+    async with store.write() as db:
+        await store.write_remote_items(db, [remote(n) for n in range(20)])
+        for origin in others[::2]:  # the same uuid under two other nodes
+            await store.write_remote_items(db, [remote(7, id=f"{origin}/items/{uuid}",
+                                                       title=f"From {origin}")])  # fmt: skip
+    found = await store.item_by_uuid(uuid)
+    assert found is not None and not found.is_local and found.state["id"].endswith(uuid)
+    assert await store.item_by_uuid("00000000-0000-4000-8000-000000000099") is None
+    ours = "https://our.example"
+    async with store.write() as db:
+        await store.write_item(db, remote(7, id=f"{ours}/items/{uuid}", reach="local",
+                                          title="Ours"),
+                               origin=ours, is_local=True)  # fmt: skip
+    found = await store.item_by_uuid(uuid)
+    assert (found.state["title"], found.is_local) == ("Ours", True)
+    assert await store.fetch_one("SELECT 1 FROM sqlite_master WHERE name = 'items_by_uuid'") is None
+    plan = " ".join(row[3] for row in await store.fetch_all(
+        "EXPLAIN QUERY PLAN " + ITEM_BY_UUID, (uuid,)))  # fmt: skip
+    assert "SCAN items" not in plan and "sqlite_autoindex_items_1 (id=?)" in plan, plan
