@@ -454,7 +454,6 @@ def measure_ingest(node: LiveNode, admin: Admin, name: str, raw: RawVerify, *,
         median = shares.index(statistics.median_low(shares))
         return {"rate": rates[median], "share": shares[median], "shares": shares, "raw": yardsticks,
                 "client_ms": 1000 * client_cpu / (total // INGEST_BATCH),
-                "cpu": sum(cpu.values()) / INGEST_ROUNDS,
                 "cpu_per_entry": {part: 1e6 * used / total for part, used in cpu.items()}}  # fmt: skip
     finally:
         for pusher in pushers:
