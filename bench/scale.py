@@ -395,7 +395,7 @@ def measure_ingest(node: LiveNode, admin: Admin, name: str, raw: RawVerify, *,
     try:
         for pusher in pushers:
             admin.client.post("/api/v1/peers", json={"url": pusher.url}).raise_for_status()
-            eventually(lambda: admin.peer(pusher.url)["we_follow"] == "accepted",
+            eventually(lambda url=pusher.url: admin.peer(url)["we_follow"] == "accepted",
                        f"{node.name} following {pusher.name}", timeout=30, nodes=(node,))  # fmt: skip
         # Each admin action wakes the node's pulls of every followed feed. Their entries are
         # made once those pulls are over, so that every one reaches the node by a push; the

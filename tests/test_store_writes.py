@@ -8,9 +8,9 @@ import pytest
 
 from server.store import (
     CHECKPOINT_BACKSTOP,
+    ITEM_BY_UUID,
     NONCE_SWEEP_SECONDS,
     ROWS_A_STATEMENT,
-    ITEM_BY_UUID,
     ItemQuery,
     Store,
 )
