@@ -2,9 +2,11 @@
 relayed need and its response in place, stopped cleanly by Ctrl-C."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import httpx
@@ -13,6 +15,12 @@ import pytest
 from tests.live import AIDNODE, free_port
 
 pytestmark = pytest.mark.live
+
+
+AS_FROM_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def three_free_ports() -> int:
@@ -34,8 +42,12 @@ def three_free_ports() -> int:
 def test_the_demo_federates_three_nodes_and_stops_cleanly(tmp_path):
     base = three_free_ports()
     data = tmp_path / "demo"
-    demo = subprocess.Popen([AIDNODE, "demo", "--base-port", str(base), "--data", str(data)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    # Started as a terminal starts it, with Ctrl-C's signal at its default: a test run in the
+    # background of a shell (`./.ci/run &`) inherits SIGINT ignored, and so would the demo.
+    demo = subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, AIDNODE, "demo",
+                             "--base-port", str(base), "--data", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
     output = []
     try:
         deadline = time.monotonic() + 120
@@ -77,7 +89,8 @@ def test_the_demo_federates_three_nodes_and_stops_cleanly(tmp_path):
         try:
             rest = demo.communicate(timeout=40)[0]
         except subprocess.TimeoutExpired:
-            demo.kill()
+            os.killpg(demo.pid, signal.SIGKILL)  # its nodes too, and its pipe closed
+            demo.communicate()
             raise
     assert demo.returncode == 0, rest
     assert "demo stopped" in rest
