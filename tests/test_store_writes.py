@@ -164,15 +164,17 @@ async def test_items_by_owner_leaves_out_items_with_no_owner(store):
 async def test_an_item_is_found_by_uuid_under_each_origin_ours_first(store):
     """Migration 0014: with no index of uuids, an item's uuid is looked up as an id under each
     origin the node holds items of; our own item comes first, then another node's."""
-    uuid = "00000000-0000-4000-8000-000000000007"
-    others = ["https://eastside.example", ORIGIN, "https://zz-last.example"]
+    uuid = "00000000-0000-4000-8000-000000000007"  # remote(7)'s, under ORIGIN
+    only_last = "00000000-0000-4000-8000-000000000042"
+    first, last = "https://eastside.example", "https://zz-last.example"  # ORIGIN sorts between
     async with store.write() as db:
         await store.write_remote_items(db, [remote(n) for n in range(20)])
-        for origin in others[::2]:  # the same uuid under two other nodes
-            await store.write_remote_items(db, [remote(7, id=f"{origin}/items/{uuid}",
-                                                       title=f"From {origin}")])  # fmt: skip
+        await store.write_remote_items(db, [remote(7, id=f"{first}/items/{uuid}"),
+                                            remote(42, id=f"{last}/items/{only_last}")])  # fmt: skip
     found = await store.item_by_uuid(uuid)
     assert found is not None and not found.is_local and found.state["id"].endswith(uuid)
+    found = await store.item_by_uuid(only_last)  # the walk of origins reaches the last one
+    assert found is not None and found.state["id"] == f"{last}/items/{only_last}"
     assert await store.item_by_uuid("00000000-0000-4000-8000-000000000099") is None
     ours = "https://our.example"
     async with store.write() as db:
