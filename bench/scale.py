@@ -391,6 +391,9 @@ def measure_ingest(node: LiveNode, admin: Admin, name: str, raw: RawVerify, *,
     as a follower's delivery sends them. Each round is timed on its own and divided by the raw
     verify rate measured just before it (this machine's speed drifts by several percent over
     a minute); the figures are the median round's."""
+    if INGEST_ENTRIES % (allies * INGEST_BATCH):
+        raise ValueError(f"{allies} allies cannot share a round of {INGEST_ENTRIES:,} entries"
+                         f" in pushes of {INGEST_BATCH}")  # fmt: skip
     pushers = [ScriptedPeer(f"{name} {n + 1}").start() for n in range(allies)]
     try:
         for pusher in pushers:
