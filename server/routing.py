@@ -105,11 +105,13 @@ async def identify_node(request: Request, *, any_node: bool = False, pinned: boo
     body = await request.body()
     now = node.now()
     asked: list[str] = []
-    known: list[dict] = []  # the keys each attempt had: a key pinned since is tried again
+    first_keys: dict | None = None  # the first attempt's: a key pinned since is tried again
 
     async def attempt(learned: dict | None = None) -> tuple[dict, object]:
+        nonlocal first_keys
         keys = await node.store.request_keys()
-        known.append(keys)
+        if first_keys is None:
+            first_keys = keys
         if not (any_node or pinned):
             keys = {k: v for k, v in keys.items() if v[2] == "trusted"}
         keys.update(learned or {})
@@ -129,7 +131,7 @@ async def identify_node(request: Request, *, any_node: bool = False, pinned: boo
         try:
             keys, verified = await attempt()
         except SignatureError:
-            if not (any_node and asked and asked[-1] not in known[0]):
+            if not (any_node and asked and asked[-1] not in first_keys):
                 raise
             if asked[-1] in await node.store.request_keys():
                 # Pinned meanwhile (an ingest learned the node as a relayed need's origin):
