@@ -216,11 +216,6 @@ class RawVerify:
         return best
 
 
-def raw_verify_rate() -> float:
-    """Ed25519 verifications per second over entry-sized messages (best of rounds)."""
-    return RawVerify().rate()
-
-
 # ------------------------------------------------------------------------ 1. push latency
 
 
@@ -460,7 +455,7 @@ def main() -> None:
     args = parser.parse_args()
     # Other work on the machine skews every figure here: say how busy it was.
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
-    raw_verify = raw_verify_rate()  # first, while nothing else runs
+    raw_verify = RawVerify().rate()  # first, while nothing else runs
     with tempfile.TemporaryDirectory(prefix="aidnode-bench-") as tmp:
         root = Path(tmp)
         bench_push(root, args.posts)

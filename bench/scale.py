@@ -410,15 +410,7 @@ def measure_ingest(node: LiveNode, admin: Admin, name: str, raw: RawVerify, *,
         streams = []
         for pusher in pushers:
             peer_entries(pusher, each)
-            # Signed before the clock starts: the pusher's own work is not the node's (a
-            # real ally signs on its own machine), and on two cores it would take the node's.
-            streams.append([Connection.wire(sign_request(
-                httpx.Request("POST", inbox, headers={"Content-Type": "application/json"},
-                              content=json.dumps({"type": "entries", "origin": pusher.url,
-                                                  "entries": pusher.entries[first : first + INGEST_BATCH]},
-                                                 separators=(",", ":")).encode()),
-                pusher.key, pusher.key.key_id(pusher.url), now=datetime.now(UTC)))
-                for first in range(0, each, INGEST_BATCH)])  # fmt: skip
+            streams.append(signed_pushes(pusher, inbox))
         per_round = INGEST_ENTRIES // allies // INGEST_BATCH  # pushes of each ally a round
         cpu_before = _cpu_split(node)
         rates, shares, yardsticks, client_cpu = [], [], [], 0.0
@@ -461,6 +453,21 @@ def measure_ingest(node: LiveNode, admin: Admin, name: str, raw: RawVerify, *,
     finally:
         for pusher in pushers:
             pusher.stop()
+
+
+def signed_pushes(pusher: ScriptedPeer, inbox: str) -> list[bytes]:
+    """A scripted ally's entries as pushes of INGEST_BATCH, each signed and made into its
+    bytes before the clock starts: the pusher's own work is not the node's (a real ally signs
+    on its own machine), and on two cores it would take the node's."""
+    pushes = []
+    for first in range(0, len(pusher.entries), INGEST_BATCH):
+        body = {"type": "entries", "origin": pusher.url,
+                "entries": pusher.entries[first : first + INGEST_BATCH]}  # fmt: skip
+        request = httpx.Request("POST", inbox, headers={"Content-Type": "application/json"},
+                                content=json.dumps(body, separators=(",", ":")).encode())  # fmt: skip
+        pushes.append(Connection.wire(sign_request(request, pusher.key, pusher.key.key_id(pusher.url),
+                                                   now=datetime.now(UTC))))  # fmt: skip
+    return pushes
 
 
 def _quiet_feeds(peers: list[ScriptedPeer], quiet: float = 1.0, timeout: float = 30) -> None:
